@@ -1,0 +1,33 @@
+"""``Trace``: what one session run returns — class scores plus the exposed activations and gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """Results of one run over a batch of N clips.
+
+    ``activations`` and ``gradients`` are keyed by tensor name, each ``[N, ...]`` float32.
+    ``gradients[t]`` is d(score)/d(t) where the score is ``score_kind`` ("logit" or "probability") of
+    class ``target[n]`` for clip n; both are empty/None when no backward graph was run.
+    """
+
+    logits: np.ndarray  # [N, K]
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)
+    target: np.ndarray | None = None  # [N] int64, the class each clip's gradients are for
+    score_kind: str = "logit"
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        z = self.logits - self.logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
