@@ -52,3 +52,7 @@ class VideoReadError(OnnxcfpError):
 
 class ConfigError(OnnxcfpError):
     """An option value is out of range or inconsistent (theta, depth, label, formats...)."""
+
+
+class GradientCheckError(OnnxcfpError):
+    """The gradients do not reach the classifier features, or fail the linear-head self-check."""
