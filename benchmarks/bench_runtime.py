@@ -8,7 +8,7 @@ For every zoo model (models/*.onnx at its card's input shape) and a full-size to
   d3+grad - the depth-3 activations plus their gradients (forward + backward graph, for information),
 Time: interleaved rounds in this process (min and median of --rounds runs after warm-up), each session
 built once through onnxcfp.runtime. Memory: each configuration in a fresh subprocess, peak RSS
-(ru_maxrss) over the whole process and the growth of RSS during the runs (peak minus RSS just before
+(VmHWM) over the whole process and the growth of RSS during the runs (peak minus RSS just before
 the first run), both as ratios to plain. Targets: depth3 <= 1.1x time and <= 1.5x memory.
 
     python benchmarks/bench_runtime.py [--rounds 7] [--threads 1] [--only r3d_18] [--r3d50] [--no-zoo]
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -104,10 +103,14 @@ def clip_for(graph: ModelGraph) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def _current_rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() // 1024
+def _status_kib(field: str) -> int:
+    """A /proc/self/status memory field in KiB. VmHWM (peak RSS) belongs to this process image; unlike
+    ru_maxrss it does not inherit the parent's peak across fork+exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def child(path: Path, config: str, threads: int) -> None:
@@ -117,10 +120,10 @@ def child(path: Path, config: str, threads: int) -> None:
     cfg = RuntimeConfig(provider="cpu", intra_threads=threads)
     request = config_tensors(graph, config)
     runtime.prepare_session(graph, request[0], request[1], config=cfg)
-    before = _current_rss_kib()
+    before = _status_kib("VmRSS")
     for _ in range(2):
         run_config(graph, x, request, cfg)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kib("VmHWM")
     print(json.dumps({"peak_kib": peak, "before_run_kib": before, "run_growth_kib": peak - before}))
 
 

@@ -320,6 +320,17 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Every typed tensor's shape, None where a dim is not a number."""
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for vi in (*model.graph.value_info, *model.graph.input, *model.graph.output):
+        if vi.type.tensor_type.HasField("shape"):
+            shapes[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim
+            )
+    return shapes
+
+
 # (id(model), input shape) -> (model, shapes); the entry holds the model so its id stays unique.
 _CONCRETE_SHAPES: OrderedDict[tuple, tuple[onnx.ModelProto, dict[str, tuple]]] = OrderedDict()
 
@@ -340,12 +351,20 @@ def _concrete_shapes(model: onnx.ModelProto, input_name: str, input_shape: tuple
                 dim.Clear()
                 dim.dim_value = int(size)
     inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
-    shapes: dict[str, tuple] = {}
-    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        if vi.type.tensor_type.HasField("shape"):
-            shapes[vi.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim
-            )
+    shapes = _static_shapes(inferred)
+    if any(None in shape for shape in shapes.values()):
+        # onnx's inference loses sizes behind Shape->Gather->Slice/Reshape arithmetic (torch's legacy
+        # exporter writes those for split/view); onnxruntime's symbolic inference evaluates them.
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            symbolic = SymbolicShapeInference.infer_shapes(fixed, auto_merge=True)
+        except Exception as err:  # its op coverage is partial; keep what onnx found
+            log.debug("symbolic shape inference failed: %s", err)
+        else:
+            for name, shape in _static_shapes(symbolic).items():
+                if None not in shape:
+                    shapes[name] = shape
     _CONCRETE_SHAPES[key] = (model, shapes)
     while len(_CONCRETE_SHAPES) > 4:
         _CONCRETE_SHAPES.popitem(last=False)

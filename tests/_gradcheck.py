@@ -41,23 +41,25 @@ def make_model(
     return model
 
 
-def with_delta(model: onnx.ModelProto, tensor: str, dtype: np.dtype) -> tuple[onnx.ModelProto, str]:
-    """A copy where ``tensor`` becomes tensor_orig + delta, delta a new input (the FD handle)."""
+def with_deltas(model: onnx.ModelProto, tensors: Sequence[str], dtype: np.dtype) -> tuple[onnx.ModelProto, dict]:
+    """A copy where each intermediate ``tensor`` becomes tensor_orig + delta, delta a new input: the handle
+    for finite differences w.r.t. an intermediate (feed zeros for the deltas not being perturbed)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    orig = tensor + "__orig"
-    delta = tensor + "__delta"
-    for node in m.graph.node:
-        for i, o in enumerate(node.output):
-            if o == tensor:
-                node.output[i] = orig
+    deltas = {}
     nodes = list(m.graph.node)
-    producer = next(i for i, n in enumerate(nodes) if orig in n.output)
-    nodes.insert(producer + 1, helper.make_node("Add", [orig, delta], [tensor]))
+    for tensor in tensors:
+        orig, delta = tensor + "__orig", tensor + "__delta"
+        producer = next(i for i, n in enumerate(nodes) if tensor in n.output)
+        outs = nodes[producer].output
+        outs[list(outs).index(tensor)] = orig
+        nodes.insert(producer + 1, helper.make_node("Add", [orig, delta], [tensor]))
+        m.graph.input.append(helper.make_tensor_value_info(delta, NP_TO_ONNX[np.dtype(dtype)], None))
+        deltas[tensor] = delta
     del m.graph.node[:]
     m.graph.node.extend(nodes)
-    m.graph.input.append(helper.make_tensor_value_info(delta, NP_TO_ONNX[np.dtype(dtype)], None))
-    return m, delta
+    del m.graph.value_info[:]
+    return m, deltas
 
 
 def analytic(

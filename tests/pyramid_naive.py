@@ -96,6 +96,8 @@ def naive_pyramid(graph, trace, label, theta, depth, method, residual, top_n=Non
             if cpg == 1:
                 continue  # passed through above
             cmap = graph.channel_map(layer.input, residual)
+            if not any(cmap.sources):
+                continue  # the clip itself: no kernel produces these channels, nothing to find
             x = _view(trace.activations[layer.input], clip, 1)
             if method == "gradients":
                 gx = _view(trace.gradients[layer.input], clip, 1)

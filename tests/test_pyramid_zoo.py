@@ -29,7 +29,7 @@ def traced_model(request):
     graph = load_graph(Path(__file__).parent.parent / "models" / f"{request.param}.onnx")
     acts, grads = {}, {}
     for residual in ("branch", "all"):
-        req = pyramid_tensors(graph, 4, "gradients", residual)
+        req = pyramid_tensors(graph, 4, "gradients", residual, tube="gradcam")
         acts.update(dict.fromkeys(req.activations))
         grads.update(dict.fromkeys(req.gradients))
     trace = run(graph, _clip(graph), tuple(acts), tuple(grads))
@@ -143,7 +143,11 @@ def test_original_normalise_matches_transcription(depth, theta):
         layer = by_output[conv.output[0]]
         chain.append(layer)
         tensor = layer.input
-    trace = run(graph, _clip(graph, 3), tuple(dict.fromkeys(lay.input for lay in chain)))
+    request = pyramid_tensors(graph, depth, "weights", "branch", normalise="original")
+    assert set(request.activations) >= {lay.input for lay in chain[:-1]}
+    trace = run(
+        graph, _clip(graph, 3), tuple(dict.fromkeys([*request.activations, *(c.input for c in chain)]))
+    )
     label = int(trace.logits[0].argmax())
     kernels = [lay.weight for lay in reversed(chain)]
     acts = [trace.activations[lay.input][0] for lay in reversed(chain)]

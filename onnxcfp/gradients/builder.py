@@ -209,11 +209,17 @@ def add_gradients(
     scores2d = logits
     if lshape is not None and len(lshape) != 2:
         scores2d = _free_name(ctx, f"{logits}_flat")
-        forward_nodes.append(helper.make_node("Flatten", [logits], [scores2d], axis=1, name=scores2d))
+        if len(lshape) > 2:
+            forward_nodes.append(helper.make_node("Flatten", [logits], [scores2d], axis=1, name=scores2d))
+        else:  # a scalar or a vector of scores: one clip
+            flat_shape = ctx.ints([1, -1])
+            forward_nodes.append(helper.make_node("Reshape", [logits, flat_shape], [scores2d], name=scores2d))
+            batch = 1
         k_static = None
-        if all(isinstance(d, int) for d in lshape[1:]):
+        class_dims = lshape[1:] if len(lshape) > 2 else lshape
+        if all(isinstance(d, int) for d in class_dims):
             k_static = 1
-            for d in lshape[1:]:
+            for d in class_dims:
                 k_static *= int(d)  # type: ignore[arg-type]
         ctx.set_info(scores2d, logit_type, (batch, k_static))
     shape2d = ctx.shape(scores2d)
