@@ -44,8 +44,10 @@ FRAMES, SIZE, CHANNELS = 16, 64, 3
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.225, 0.225, 0.225)
 BUILD_COMMAND = "python models/build_zoo.py --train"
-TRAIN_SEED, EVAL_SEED = 1000, 2000
-LEARNING_RATE = 5e-3
+TRAIN_SEED, VAL_SEED, EVAL_SEED = 1000, 1500, 2000
+LEARNING_RATE = 2e-3
+TARGET_VAL_ACCURACY = 0.94
+EXTRA_ROUNDS, EXTRA_EPOCHS = 2, 5
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -518,17 +520,21 @@ def motion_aware_init(net: nn.Module) -> None:
         first.weight[:half] = (w - w.flip(2)) / np.sqrt(2.0)
 
 
-def train(
-    net: nn.Module, frames: np.ndarray, labels: np.ndarray, epochs: int, seed: int, log: Callable[[str], None]
+def run_one_cycle(
+    net: nn.Module,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    epochs: int,
+    peak_lr: float,
+    rng: np.random.Generator,
+    log: Callable[[str], None],
 ) -> None:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    motion_aware_init(net)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
+    # lr 5e-3 left every net at chance (loss stuck at ln 8); 2e-3 and below learn steadily
+    optimiser = torch.optim.AdamW(net.parameters(), lr=peak_lr, weight_decay=1e-4)
     batch = 16
     steps = epochs * (len(labels) // batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=LEARNING_RATE, total_steps=steps, pct_start=0.2
+        optimiser, max_lr=peak_lr, total_steps=steps, pct_start=0.2
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
     net.train()
@@ -551,6 +557,40 @@ def train(
             f"    epoch {epoch + 1}/{epochs}: train acc {correct / total:.3f} loss {float(loss.detach()):.3f}"
         )
     net.eval()
+
+
+def torch_accuracy(net: nn.Module, frames: np.ndarray, labels: np.ndarray) -> float:
+    net.eval()
+    with torch.no_grad():
+        predictions = [
+            net(torch.from_numpy(preprocess(frames[i : i + 32]))).argmax(1).numpy()
+            for i in range(0, len(labels), 32)
+        ]
+    return float((np.concatenate(predictions) == labels).mean())
+
+
+def train(
+    net: nn.Module,
+    train_set: tuple[np.ndarray, np.ndarray],
+    val_set: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> None:
+    """One one-cycle schedule, then up to EXTRA_ROUNDS short low-lr rounds while the VALIDATION accuracy
+    (its own seed, never the card's evaluation set, so the card's figure stays unbiased) is below
+    TARGET_VAL_ACCURACY."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    motion_aware_init(net)
+    run_one_cycle(net, *train_set, epochs, LEARNING_RATE, rng, log)
+    for _ in range(EXTRA_ROUNDS):
+        accuracy = torch_accuracy(net, *val_set)
+        log(f"    validation accuracy {accuracy:.3f}")
+        if accuracy >= TARGET_VAL_ACCURACY:
+            return
+        run_one_cycle(net, *train_set, EXTRA_EPOCHS, LEARNING_RATE / 4, rng, log)
+    log(f"    validation accuracy {torch_accuracy(net, *val_set):.3f}")
 
 
 def onnx_accuracy(model: onnx.ModelProto, frames: np.ndarray, labels: np.ndarray, layout: str) -> float:
@@ -764,11 +804,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", action="store_true", help="train on onnxcfp.datasets before exporting")
     parser.add_argument("--only", nargs="*", default=None, help="architectures to build (default: all)")
-    parser.add_argument("--n-train", type=int, default=1536)
+    parser.add_argument("--n-train", type=int, default=2048)
+    parser.add_argument("--n-val", type=int, default=320)
     parser.add_argument("--n-eval", type=int, default=480)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine is shared)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -780,7 +822,8 @@ def main(argv: list[str] | None = None) -> int:
         from onnxcfp.datasets import CLASS_NAMES
 
         classes = tuple(CLASS_NAMES)
-        train_frames, train_labels, _ = cached_clips(args.n_train, TRAIN_SEED)
+        train_set = cached_clips(args.n_train, TRAIN_SEED)[:2]
+        val_set = cached_clips(args.n_val, VAL_SEED)[:2]
         eval_frames, eval_labels, _ = cached_clips(args.n_eval, EVAL_SEED)
     else:
         try:
@@ -789,7 +832,9 @@ def main(argv: list[str] | None = None) -> int:
             classes = tuple(CLASS_NAMES)
         except ImportError:
             classes = tuple(f"class_{i}" for i in range(6))
-    for index, arch in enumerate(names):
+    all_names = [*ARCHITECTURES, "tfstyle"]
+    for arch in names:
+        index = all_names.index(arch)  # seeds follow the arch, not its position in --only
         torch.manual_seed(index)
         net = TfStyleNet(len(classes)) if arch == "tfstyle" else ARCHITECTURES[arch](len(classes))
         declared = tf_style_declared(net) if arch == "tfstyle" else declared_structure(net)
@@ -797,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{arch}: {n_params} parameters")
         started = time.time()
         if args.train:
-            train(net, train_frames, train_labels, args.epochs, seed=index, log=log)
+            train(net, train_set, val_set, args.epochs, seed=index, log=log)
         for built in export_all(arch, net, declared):
             accuracy = None
             if args.train:

@@ -10,12 +10,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onnxcfp.errors import OnnxcfpError
 from onnxcfp.graph import ModelGraph, load_graph
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Class Feature Pyramids for ONNX video models.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Class Feature Pyramids for ONNX video models."
+)
 
 
 @app.callback()
@@ -105,19 +108,28 @@ def inspect(
         return
     console = Console()
     inp = info["input"]
-    console.print(f"[bold]{info['source']}[/bold]  input [cyan]{inp['name']}[/cyan] {inp['layout']} {_dims(inp['shape'])}")
+    console.print(
+        f"[bold]{escape(info['source'])}[/bold]  input [cyan]{escape(inp['name'])}[/cyan]"
+        f" {inp['layout']} {_dims(inp['shape'])}"
+    )
     table = Table(title="Conv layers (topological order)")
     for col in ("#", "name", "kind", "kernel", "groups", "channels", "output shape", "depth"):
         table.add_column(col)
     for layer in info["layers"]:
         table.add_row(
-            str(layer["index"]), layer["name"], layer["kind"], _dims(layer["kernel"]), str(layer["groups"]),
-            f"{layer['in_channels']}→{layer['out_channels']}", _dims(layer["output_shape"]), str(layer["conv_depth"]),
+            str(layer["index"]),
+            escape(layer["name"]),
+            layer["kind"],
+            _dims(layer["kernel"]),
+            str(layer["groups"]),
+            f"{layer['in_channels']}→{layer['out_channels']}",
+            _dims(layer["output_shape"]),
+            str(layer["conv_depth"]),
         )
     console.print(table)
     console.print(
-        f"residual merges: {len(info['residual_adds'])}   channel concats (branches): {len(info['channel_concats'])}"
-        f"   channel splits: {len(info['channel_splits'])}"
+        f"residual merges: {len(info['residual_adds'])}   channel concats (branches):"
+        f" {len(info['channel_concats'])}   channel splits: {len(info['channel_splits'])}"
     )
     head = info["head"]
     if head is None:
@@ -125,8 +137,9 @@ def inspect(
     else:
         console.print(
             f"classifier: {head['kind']} ({'linear' if head['linear'] else 'several layers'}), "
-            f"{head['num_classes']} classes over {head['feature_channels']} channels of {head['features']!r};"
-            f" logits {head['logits']!r}"
+            f"{head['num_classes']} classes over {head['feature_channels']} channels of"
+            f" {escape(repr(head['features']))};"
+            f" logits {escape(repr(head['logits']))}"
         )
     if info["explainable"]:
         console.print("explainable: [green]yes[/green]")

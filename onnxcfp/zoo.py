@@ -194,9 +194,9 @@ def load_card(path: str | Path) -> ModelCard:
     return card
 
 
-def list_models() -> list[ModelCard]:
-    """Every card in the zoo folder, sorted by name."""
-    return [load_card(p) for p in sorted(models_dir().glob("*.json"))]
+def list_models(folder: str | Path | None = None) -> list[ModelCard]:
+    """Every card in ``folder`` (default: the zoo folder), sorted by name."""
+    return [load_card(p) for p in sorted(Path(folder or models_dir()).glob("*.json"))]
 
 
 def find_model(name: str) -> Path:

@@ -56,6 +56,7 @@ def with_deltas(model: onnx.ModelProto, tensors: Sequence[str], dtype: np.dtype)
         nodes.insert(producer + 1, helper.make_node("Add", [orig, delta], [tensor]))
         m.graph.input.append(helper.make_tensor_value_info(delta, NP_TO_ONNX[np.dtype(dtype)], None))
         deltas[tensor] = delta
+        m.graph.output.append(helper.make_tensor_value_info(tensor, NP_TO_ONNX[np.dtype(dtype)], None))
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     del m.graph.value_info[:]

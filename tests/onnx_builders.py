@@ -51,30 +51,54 @@ class Net:
 
     def _weight(self, w: np.ndarray, name: str) -> str:
         if self.weights == "constant":
-            c = self.node("Constant", [], name=f"{name}_wconst", value=numpy_helper.from_array(w, f"{name}_w"))
+            c = self.node(
+                "Constant", [], name=f"{name}_wconst", value=numpy_helper.from_array(w, f"{name}_w")
+            )
             return self.node("Identity", [c], name=f"{name}_wid")
         if self.weights == "dq":
             scale = np.float32(np.abs(w).max() / 127.0 or 1.0)
             q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
             return self.node("DequantizeLinear", [self.const(q), self.const(scale)], name=f"{name}_dq")
         if self.weights == "cast":
-            return self.node("Cast", [self.const(w.astype(np.float16))], name=f"{name}_cast", to=TensorProto.FLOAT)
+            return self.node(
+                "Cast", [self.const(w.astype(np.float16))], name=f"{name}_cast", to=TensorProto.FLOAT
+            )
         return self.const(w, f"{name}_w")
 
-    def conv(self, x: str, c_in: int, c_out: int, kernel=(3, 3, 3), groups: int = 1, stride=(1, 1, 1),
-             bias: bool = True, name: str | None = None) -> str:
+    def conv(
+        self,
+        x: str,
+        c_in: int,
+        c_out: int,
+        kernel=(3, 3, 3),
+        groups: int = 1,
+        stride=(1, 1, 1),
+        bias: bool = True,
+        name: str | None = None,
+    ) -> str:
         name = name or self._name("conv")
         w = self.rng.normal(0, 0.5, (c_out, c_in // groups, *kernel)).astype(np.float32)
         inputs = [x, self._weight(w, name)]
         if bias:
             inputs.append(self.const(self.rng.normal(0, 0.1, c_out).astype(np.float32), f"{name}_b"))
         pads = [k // 2 for k in kernel] * 2
-        return self.node("Conv", inputs, name=name, kernel_shape=list(kernel), group=groups,
-                         strides=list(stride), pads=pads)
+        return self.node(
+            "Conv",
+            inputs,
+            name=name,
+            kernel_shape=list(kernel),
+            group=groups,
+            strides=list(stride),
+            pads=pads,
+        )
 
     def bn(self, x: str, c: int) -> str:
-        params = [np.abs(self.rng.normal(1, 0.1, c)), self.rng.normal(0, 0.1, c), self.rng.normal(0, 0.1, c),
-                  np.abs(self.rng.normal(1, 0.1, c))]
+        params = [
+            np.abs(self.rng.normal(1, 0.1, c)),
+            self.rng.normal(0, 0.1, c),
+            self.rng.normal(0, 0.1, c),
+            np.abs(self.rng.normal(1, 0.1, c)),
+        ]
         return self.node("BatchNormalization", [x, *(self.const(p.astype(np.float32)) for p in params)])
 
     def relu(self, x: str) -> str:
@@ -88,18 +112,25 @@ class Net:
 
     def gemm(self, x: str, c_in: int, k: int) -> str:
         w = self.rng.normal(0, 0.5, (k, c_in)).astype(np.float32)
-        return self.node("Gemm", [x, self.const(w), self.const(self.rng.normal(0, 0.1, k).astype(np.float32))],
-                         transB=1)
+        return self.node(
+            "Gemm", [x, self.const(w), self.const(self.rng.normal(0, 0.1, k).astype(np.float32))], transB=1
+        )
 
-    def model(self, x_shape: Sequence[int | str], output: str, out_name: str = "probs",
-              softmax: bool = True) -> onnx.ModelProto:
+    def model(
+        self, x_shape: Sequence[int | str], output: str, out_name: str = "probs", softmax: bool = True
+    ) -> onnx.ModelProto:
         last = self.node("Softmax", [output], axis=1) if softmax else output
         self.nodes.append(helper.make_node("Identity", [last], [out_name], name="final_identity"))
         graph = helper.make_graph(
-            self.nodes, "test", [helper.make_tensor_value_info("clip", TensorProto.FLOAT, list(x_shape))],
-            [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [None, None])], self.inits,
+            self.nodes,
+            "test",
+            [helper.make_tensor_value_info("clip", TensorProto.FLOAT, list(x_shape))],
+            [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [None, None])],
+            self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+        )
         onnx.checker.check_model(model)
         return model
 
@@ -136,8 +167,12 @@ def inception() -> onnx.ModelProto:
     stem = n.cbr("clip", 3, 6)
     b1 = n.cbr(stem, 6, 2, kernel=(1, 1, 1))
     b2 = n.cbr(n.cbr(stem, 6, 3, kernel=(1, 1, 1)), 3, 4)
-    b3 = n.cbr(n.node("MaxPool", [stem], kernel_shape=[3, 3, 3], strides=[1, 1, 1], pads=[1] * 6), 6, 3,
-               kernel=(1, 1, 1))
+    b3 = n.cbr(
+        n.node("MaxPool", [stem], kernel_shape=[3, 3, 3], strides=[1, 1, 1], pads=[1] * 6),
+        6,
+        3,
+        kernel=(1, 1, 1),
+    )
     cat = n.node("Concat", [b1, b2, b3], axis=1, name="concat")
     logits = n.conv(cat, 9, 5, kernel=(1, 1, 1), name="logits_conv")
     return n.model([1, 3, 4, 8, 8], n.gap_flatten(logits), softmax=False, out_name="logits")
@@ -156,8 +191,16 @@ def fibres() -> onnx.ModelProto:
     r = n.node("Reshape", [g, n.const(np.array([0, 2, 4, 4, 8, 8], np.int64))], name="shuffle_reshape1")
     t = n.node("Transpose", [r], perm=[0, 2, 1, 3, 4, 5], name="shuffle_transpose")
     sh = n.node("Reshape", [t, n.const(np.array([0, 8, 4, 8, 8], np.int64))], name="shuffle_reshape2")
-    sl = n.node("Slice", [sh, n.const(np.array([2], np.int64)), n.const(np.array([7], np.int64)),
-                          n.const(np.array([1], np.int64))], name="slice")
+    sl = n.node(
+        "Slice",
+        [
+            sh,
+            n.const(np.array([2], np.int64)),
+            n.const(np.array([7], np.int64)),
+            n.const(np.array([1], np.int64)),
+        ],
+        name="slice",
+    )
     c = n.cbr(sl, 5, 5, kernel=(1, 1, 1))
     d = n.cbr(c, 5, 5, kernel=(3, 3, 3))
     x = n.relu(n.node("Add", [d, c], name="add_identity"))
@@ -175,8 +218,17 @@ def x3d_like() -> onnx.ModelProto:
     s = n.cbr(n.cbr("clip", 3, 6, kernel=(1, 3, 3)), 6, 6, kernel=(3, 1, 1))
     e = n.cbr(s, 6, 12, kernel=(1, 1, 1))
     dw = n.cbr(e, 12, 12, groups=12)
-    gate = n.node("Sigmoid", [n.conv(n.relu(n.conv(n.node("GlobalAveragePool", [dw]), 12, 4, kernel=(1, 1, 1))),
-                                     4, 12, kernel=(1, 1, 1))])
+    gate = n.node(
+        "Sigmoid",
+        [
+            n.conv(
+                n.relu(n.conv(n.node("GlobalAveragePool", [dw]), 12, 4, kernel=(1, 1, 1))),
+                4,
+                12,
+                kernel=(1, 1, 1),
+            )
+        ],
+    )
     se = n.node("Mul", [dw, gate], name="se_mul")
     p = n.bn(n.conv(se, 12, 6, kernel=(1, 1, 1)), 6)
     x = n.node("Add", [p, s], name="add_identity")

@@ -76,8 +76,11 @@ def check_channel_maps_by_perturbation(model: onnx.ModelProto, clip: np.ndarray,
         channel = (7 * layer.index + 3) % layer.out_channels
         changed_any: dict[str, np.ndarray] = {}
         for delta in (DELTA, -DELTA):
-            shifted = builders.run(builders.expose(_shift_bias(graph.model, graph, layer.name, channel, delta),
-                                                   tensors), clip, tensors)
+            shifted = builders.run(
+                builders.expose(_shift_bias(graph.model, graph, layer.name, channel, delta), tensors),
+                clip,
+                tensors,
+            )
             for t in tensors:
                 diff = np.abs(shifted[t] - base[t])
                 ch_axis = 1 if t != graph.head.features else graph.flow.channel_axis(t)
@@ -128,8 +131,11 @@ def test_branch_mode_follows_the_deepest_addend_and_all_mode_every_addend() -> N
     graph = load_graph(builders.resnet_blocks())
     add_out = next(n.output[0] for n in graph.model.graph.node if n.name == "add_projection")
     relu_out = next(n.output[0] for n in graph.model.graph.node if list(n.input) == [add_out])
-    consumer = next(layer for layer in graph.layers if layer.input == relu_out) if any(
-        layer.input == relu_out for layer in graph.layers) else None
+    consumer = (
+        next(layer for layer in graph.layers if layer.input == relu_out)
+        if any(layer.input == relu_out for layer in graph.layers)
+        else None
+    )
     tensor = consumer.input if consumer else graph.head.features
     branch = graph.channel_map(tensor, "branch")
     every = graph.channel_map(tensor, "all")
@@ -152,7 +158,9 @@ def test_concat_offsets_and_shuffle_are_global_indices() -> None:
     m = graph.channel_map(grouped.input)
     assert [s[0].channel for s in m.sources] == [0, 1, 2, 3, 0, 1, 2, 3]
     assert len({s[0].layer for s in m.sources[:4]} | {s[0].layer for s in m.sources[4:]}) == 2
-    after_shuffle = next(layer for layer in graph.layers if layer.in_channels == 5 and layer.kernel == (1, 1, 1))
+    after_shuffle = next(
+        layer for layer in graph.layers if layer.in_channels == 5 and layer.kernel == (1, 1, 1)
+    )
     # shuffle of 2 groups x 4 channels puts channel j at (j % 2) * 4 + j // 2; then Slice [2:7]
     assert [s[0].channel for s in graph.channel_map(after_shuffle.input).sources] == [1, 5, 2, 6, 3]
 

@@ -88,7 +88,9 @@ def test_no_video_input_and_no_conv() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
     w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, None, None])
-    g4 = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g", [x], [y], [w])
+    g4 = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g", [x], [y], [w]
+    )
     with pytest.raises(NoVideoInputError) as err:
         load_graph(helper.make_model(g4, ir_version=10, opset_imports=[helper.make_opsetid("", 17)]))
     assert "5-D" in _one_line(err)
@@ -107,8 +109,14 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _save_external(model: onnx.ModelProto, folder: Path, location: str) -> Path:
-    onnx.save(_copy(model), str(folder / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="weights.bin", size_threshold=0)
+    onnx.save(
+        _copy(model),
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     m = onnx.load(str(folder / "m.onnx"), load_external_data=False)
     for t in m.graph.initializer:
         for entry in t.external_data:
@@ -135,10 +143,20 @@ def test_external_data_escaping_the_folder_is_refused(tmp_path: Path, kind: str)
     inner = tmp_path / "model"
     inner.mkdir()
     model = builders.plain_chain()
-    onnx.save(_copy(model), str(tmp_path / "real.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="outside.bin", size_threshold=0)
-    location = {"dotdot": "../outside.bin", "absolute": str(tmp_path / "outside.bin"), "symlink": "link.bin",
-                "missing": "nowhere.bin"}[kind]
+    onnx.save(
+        _copy(model),
+        str(tmp_path / "real.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="outside.bin",
+        size_threshold=0,
+    )
+    location = {
+        "dotdot": "../outside.bin",
+        "absolute": str(tmp_path / "outside.bin"),
+        "symlink": "link.bin",
+        "missing": "nowhere.bin",
+    }[kind]
     if kind == "symlink":
         os.symlink(tmp_path / "outside.bin", inner / "link.bin")
     path = _save_external(model, inner, location)
@@ -178,8 +196,10 @@ def test_classify_kind(shape: tuple[int, ...], groups: int, kind: ConvKind) -> N
 def test_weights_through_constant_dequantize_and_cast_chains(weights: str) -> None:
     model = builders.plain_chain(weights=weights)
     graph = load_graph(model)
-    names = [next(n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.name == layer.name)
-             for layer in graph.layers]
+    names = [
+        next(n.input[1] for n in model.graph.node if n.op_type == "Conv" and n.name == layer.name)
+        for layer in graph.layers
+    ]
     # oracle: onnxruntime evaluates the weight tensor the Conv node really reads
     values = builders.run(builders.expose(model, names), np.zeros(builders.CLIP_SHAPE, np.float32), names)
     for layer, value in zip(graph.layers, values.values(), strict=True):
@@ -198,8 +218,10 @@ def test_layers_fields_and_conv_depth() -> None:
     assert max(layer.conv_depth for layer in g.layers) == 5
 
 
-@pytest.mark.parametrize(("name", "kind"), [("plain_chain", "gemm"), ("fibres", "matmul"),
-                                            ("inception", "conv1x1"), ("nthwc_tf_style", "matmul")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("plain_chain", "gemm"), ("fibres", "matmul"), ("inception", "conv1x1"), ("nthwc_tf_style", "matmul")],
+)
 def test_linear_head_weight_reproduces_logits(name: str, kind: str) -> None:
     """Oracle: onnxruntime's logits equal W · mean(F over T,H,W) + b for the head's W, b."""
     model = builders.ALL_BUILDERS[name]()
@@ -209,14 +231,16 @@ def test_linear_head_weight_reproduces_logits(name: str, kind: str) -> None:
     clip = np.random.default_rng(0).normal(size=builders.CLIP_SHAPE).astype(np.float32)
     if graph.video_input.layout == "NTHWC":
         clip = np.ascontiguousarray(clip.transpose(0, 2, 3, 4, 1))
-    out = builders.run(builders.expose(graph.model, [head.features, head.logits]), clip,
-                       [head.features, head.logits])
+    out = builders.run(
+        builders.expose(graph.model, [head.features, head.logits]), clip, [head.features, head.logits]
+    )
     axis = graph.flow.channel_axis(head.features)
     feats = np.moveaxis(out[head.features], axis, 1)
     pooled = feats.reshape(feats.shape[0], feats.shape[1], -1).mean(axis=2)
     assert head.weight.shape == (5, pooled.shape[1])
-    np.testing.assert_allclose(pooled @ head.weight.T + head.bias, out[head.logits].reshape(1, -1), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        pooled @ head.weight.T + head.bias, out[head.logits].reshape(1, -1), rtol=1e-4, atol=1e-5
+    )
     if name == "plain_chain":
         assert head.softmax_output is not None
 

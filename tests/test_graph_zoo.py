@@ -20,7 +20,9 @@ def test_zoo_model_matches_its_declared_structure(zoo_models: Path) -> None:
     static = [d if isinstance(d, int) else None for d in graph.video_input.shape]
     assert [s for s in static[1:]] == card["input"]["shape"][1:]
     assert dict(Counter(layer.kind.value for layer in graph.layers)) == declared["conv_kinds"]
-    assert dict(Counter(str(layer.groups) for layer in graph.layers if layer.groups > 1)) == declared["groups"]
+    assert (
+        dict(Counter(str(layer.groups) for layer in graph.layers if layer.groups > 1)) == declared["groups"]
+    )
     structure = graph.structure
     assert len(structure.residual_adds) == declared["residual_adds"]
     assert len(structure.channel_concats) == declared["channel_concats"]

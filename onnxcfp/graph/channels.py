@@ -46,17 +46,60 @@ class ChannelMap:
                 tj, lj = pairs.setdefault(s.layer, ([], []))
                 tj.append(j)
                 lj.append(s.channel)
-        return {k: (np.asarray(t, dtype=np.int64), np.asarray(c, dtype=np.int64)) for k, (t, c) in pairs.items()}
+        return {
+            k: (np.asarray(t, dtype=np.int64), np.asarray(c, dtype=np.int64)) for k, (t, c) in pairs.items()
+        }
 
 
 # Ops whose output channel j is input 0's channel j (per-channel or channel-independent maps).
-ALIGNED_OPS = frozenset({
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Softplus", "Softsign", "Clip", "Gelu", "Mish", "Erf", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal",
-    "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu", "Identity", "Dropout", "Cast", "BatchNormalization",
-    "InstanceNormalization", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-    "GlobalLpPool", "Resize", "Upsample", "QuantizeLinear", "DequantizeLinear", "LRN", "Pad",
-})
+ALIGNED_OPS = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Clip",
+        "Gelu",
+        "Mish",
+        "Erf",
+        "Exp",
+        "Log",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Reciprocal",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Sign",
+        "ThresholdedRelu",
+        "Identity",
+        "Dropout",
+        "Cast",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "GlobalLpPool",
+        "Resize",
+        "Upsample",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "LRN",
+        "Pad",
+    }
+)
 # Elementwise ops merging several tensors. At the additive ones a channel comes from every addend, and
 # residual="branch" keeps only the addend(s) of greatest conv depth.
 ADDITIVE_OPS = frozenset({"Add", "Sum", "Sub", "Mean", "Max", "Min"})
@@ -146,7 +189,17 @@ class ChannelFlow:
             return a if self._attr(node, "keepdims", 1) else a - sum(1 for x in axes if x < a)
         if op in RESHAPE_OPS:
             a = self.channel_axis(node.input[0])
-            return None if a is None else self._reshape_axis(node.input[0], a, tensor)
+            if a is not None:
+                return self._reshape_axis(node.input[0], a, tensor)
+            # end of a Reshape-Transpose-Reshape chain (channel shuffle): the channels are whole again
+            # where the chain's start had them; the backward trace proves the permutation
+            start = node.input[0]
+            while (p := self.index.producer.get(start)) is not None and (
+                p.op_type in RESHAPE_OPS or p.op_type == "Transpose"
+            ):
+                start = p.input[0]
+            a = self.channel_axis(start)
+            return None if a is None else self._reshape_axis(start, a, tensor)
         return None
 
     # ---- backward: which conv channels feed each channel ----------------------------------------------
@@ -160,7 +213,9 @@ class ChannelFlow:
         layer = self.conv_by_output.get(tensor)
         if layer is not None:
             if axis != 1:
-                raise ChannelFlowError(f"channel axis {axis} of conv output {tensor!r} is not its channel axis 1")
+                raise ChannelFlowError(
+                    f"channel axis {axis} of conv output {tensor!r} is not its channel axis 1"
+                )
             return tuple((ChannelSource(layer.name, c),) for c in range(layer.out_channels))
         node = self.index.producer.get(tensor)
         if node is None or self.index.constant(tensor) is not None:
@@ -330,7 +385,9 @@ class ChannelFlow:
         start_axis = self.channel_axis(start)
         in_shape = self._concrete(start)
         if start_axis is None or in_shape is None:
-            raise self._error(node, tensor, "reshapes channels and the shapes/axis needed to prove how are unknown")
+            raise self._error(
+                node, tensor, "reshapes channels and the shapes/axis needed to prove how are unknown"
+            )
         labels = np.broadcast_to(
             np.arange(in_shape[start_axis], dtype=np.int64).reshape(
                 [-1 if i == start_axis else 1 for i in range(len(in_shape))]
@@ -377,7 +434,9 @@ class ChannelFlow:
     def _channels(self, tensor: str, axis: int) -> int:
         shape = self.index.shape(tensor)
         if shape is None or axis >= len(shape) or not isinstance(shape[axis], int):
-            raise ChannelFlowError(f"the channel count of {tensor!r} is unknown; the model needs static channels")
+            raise ChannelFlowError(
+                f"the channel count of {tensor!r} is unknown; the model needs static channels"
+            )
         return int(shape[axis])  # type: ignore[arg-type]
 
     def _concrete(self, tensor: str) -> list[int] | None:
@@ -410,8 +469,10 @@ class ChannelFlow:
         pads = [int(p) for p in pads]
         rank = len(pads) // 2
         axes_value = self.index.constant(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-        axes = [int(a) % (self._rank(node.input[0]) or rank) for a in axes_value] if axes_value is not None else (
-            list(range(rank))
+        axes = (
+            [int(a) % (self._rank(node.input[0]) or rank) for a in axes_value]
+            if axes_value is not None
+            else (list(range(rank)))
         )
         for k, a in enumerate(axes):
             if a == axis and (pads[k] != 0 or pads[k + len(axes)] != 0):

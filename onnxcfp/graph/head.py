@@ -38,8 +38,12 @@ class ClassifierHead:
         return self.weight is not None
 
 
-_PASS_OPS = frozenset({"Identity", "Dropout", "Cast", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"})
-_POOL_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean", "ReduceMax"})
+_PASS_OPS = frozenset(
+    {"Identity", "Dropout", "Cast", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"}
+)
+_POOL_OPS = frozenset(
+    {"GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean", "ReduceMax"}
+)
 _ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "HardSwish", "Elu", "Selu", "Clip"})
 _SOFTMAX = frozenset({"Softmax", "LogSoftmax"})
 
@@ -74,11 +78,13 @@ def find_head(index: GraphIndex, channel_axis: Callable[[str], int | None]) -> C
     while True:
         node = index.producer.get(t)
         if node is None:
-            raise HeadNotFoundError(f"no classifier head: reached the graph input walking back from {logits!r}")
+            raise HeadNotFoundError(
+                f"no classifier head: reached the graph input walking back from {logits!r}"
+            )
         op = node.op_type
-        if pooled and op not in ("Identity", "Dropout"):
-            if not (op == "Conv" and not linears and _is_pointwise(index, node)):
-                break  # t is F: what the pooling (or a 1x1x1 conv head right before it) reads
+        head_conv = op == "Conv" and not linears and _is_pointwise(index, node)
+        if pooled and op not in ("Identity", "Dropout") and not head_conv:
+            break  # t is F: what the pooling (or a 1x1x1 conv head right before it) reads
         lin = _linear(index, node)
         bias_node: onnx.NodeProto | None = None
         if lin is None and op == "Add" and not pooled:
@@ -166,8 +172,12 @@ def _linear(index: GraphIndex, node: onnx.NodeProto) -> _Linear | None:
             return None
         w = (b if attrs.get("transB", 0) else b.T) * float(attrs.get("alpha", 1.0))
         c = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        bias = np.zeros(w.shape[0], np.float32) if c is None else np.broadcast_to(
-            np.asarray(c, np.float32).reshape(-1) * float(attrs.get("beta", 1.0)), (w.shape[0],)
+        bias = (
+            np.zeros(w.shape[0], np.float32)
+            if c is None
+            else np.broadcast_to(
+                np.asarray(c, np.float32).reshape(-1) * float(attrs.get("beta", 1.0)), (w.shape[0],)
+            )
         )
         return _Linear("gemm", np.asarray(w, np.float32), np.asarray(bias, np.float32))
     if op == "MatMul":

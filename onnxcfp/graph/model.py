@@ -116,8 +116,11 @@ def _load_external_data(model: onnx.ModelProto, base_dir: Path | None, what: str
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         rel = Path(location)
-        if not location or rel.is_absolute() or Path(os.path.normpath(location)).is_absolute() or (
-            ".." in rel.parts or location.startswith(("/", "\\"))
+        if (
+            not location
+            or rel.is_absolute()
+            or Path(os.path.normpath(location)).is_absolute()
+            or (".." in rel.parts or location.startswith(("/", "\\")))
         ):
             raise UnsafeExternalDataError(
                 f"external data location {location!r} of tensor {tensor.name!r} escapes the model's folder;"
@@ -137,7 +140,9 @@ def _load_external_data(model: onnx.ModelProto, base_dir: Path | None, what: str
             fh.seek(offset)
             raw = fh.read(int(length)) if length is not None else fh.read()
         if length is not None and len(raw) != int(length):
-            raise ModelLoadError(f"external data file {location!r} is shorter than tensor {tensor.name!r} needs")
+            raise ModelLoadError(
+                f"external data file {location!r} is shorter than tensor {tensor.name!r} needs"
+            )
         tensor.raw_data = raw
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
@@ -148,7 +153,7 @@ def _check_opset(model: onnx.ModelProto, what: str) -> None:
         if op.domain in ("", "ai.onnx") and not MIN_OPSET <= op.version <= MAX_OPSET:
             raise ModelLoadError(
                 f"{what} uses ONNX opset {op.version}; onnxcfp supports opsets {MIN_OPSET}-{MAX_OPSET}:"
-                f" convert it with onnx.version_converter.convert_version(model, {min(max(op.version, 11), 21)})"
+                f" convert it with onnx.version_converter.convert_version(model, {MAX_OPSET})"
             )
 
 
@@ -331,7 +336,11 @@ class GraphIndex:
             scalar = idx.ndim == 0
         elif node.op_type == "Slice":
             args = [self.constant(i) if i else None for i in node.input[1:5]]
-            if args[0] is None or args[1] is None or (len(args) > 2 and args[2] is not None and list(args[2]) != [0]):
+            if (
+                args[0] is None
+                or args[1] is None
+                or (len(args) > 2 and args[2] is not None and list(args[2]) != [0])
+            ):
                 return None
             step = int(args[3][0]) if len(args) > 3 and args[3] is not None else 1
             picked = picked[slice(int(args[0][0]), int(args[1][0]), step)]

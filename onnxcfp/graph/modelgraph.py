@@ -85,7 +85,9 @@ class ModelGraph:
             if node.op_type in ("Add", "Sum"):
                 out_shape = index.shape(out)
                 features = [
-                    i for i in node.input if i and index.constant(i) is None and _compatible(index.shape(i), out_shape)
+                    i
+                    for i in node.input
+                    if i and index.constant(i) is None and _compatible(index.shape(i), out_shape)
                 ]
                 if len(features) >= 2 and flow.channel_axis(out) is not None:
                     adds.append(index.name_of(node))
@@ -139,7 +141,7 @@ def detect_video_input(index: GraphIndex) -> VideoInput:
     if not candidates:
         found = ", ".join(f"{n}{list(index.shapes.get(n, ()))}" for n in index.graph_inputs) or "none"
         raise NoVideoInputError(
-            f"model has no 5-D video input (inputs: {found}); onnxcfp needs an N,C,T,H,W or N,T,H,W,C clip input"
+            f"model has no 5-D video input (inputs: {found}); onnxcfp needs an N,C,T,H,W or N,T,H,W,C clip"
         )
     for name in candidates:
         layout = _layout_towards_conv(index, name)

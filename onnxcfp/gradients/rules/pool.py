@@ -92,8 +92,12 @@ def average_pool(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[
     volume = int(np.prod(kernel))
     padded = any(win.begin) or any(win.end)
     ceil = bool(int(attrs.get("ceil_mode", 0)))
-    xs = ctx.static_shape(x)
-    ys = None if xs is None else (*xs[:2], *pooled_sizes(xs[2:], win.extent, win.strides, win.begin, win.end, ceil))
+    # Only the spatial sizes must be static; batch and channels may be symbolic (folded into one axis).
+    full_shape = ctx.shape(x)
+    xs = None
+    if full_shape is not None and all(isinstance(d, int) for d in full_shape[2:]):
+        xs = (0, 0, *(int(d) for d in full_shape[2:]))  # type: ignore[arg-type]
+    ys = None if xs is None else (0, 0, *pooled_sizes(xs[2:], win.extent, win.strides, win.begin, win.end, ceil))
     # r = 1/divisor per output position; uniform 1/∏k unless pads or ceil_mode clip some windows.
     if not padded and not ceil:
         g = gy
