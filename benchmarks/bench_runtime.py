@@ -18,6 +18,8 @@ Targets: depth3 <= 1.1x time and <= 1.5x memory.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import statistics
 import subprocess
@@ -122,6 +124,10 @@ def child(path: Path, config: str, threads: int) -> None:
     request = config_tensors(graph, config)
     runtime.prepare_session(graph, request[0], request[1], config=cfg)
     build_peak = _status_kib("VmHWM")
+    # hand the protobuf copies freed after the build back to the OS, or the runs reuse those pages
+    # and their growth hides
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM: the next peak is the runs' own
         f.write("5")

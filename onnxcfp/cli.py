@@ -13,8 +13,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from onnxcfp.errors import OnnxcfpError
+from onnxcfp.datasets import make_clips
+from onnxcfp.errors import ConfigError, OnnxcfpError
+from onnxcfp.explain import Explainer, ExplainOptions, Explanation
+from onnxcfp.gradients import check_differentiable
 from onnxcfp.graph import ModelGraph, load_graph
+from onnxcfp.regress import Tolerances
+from onnxcfp.regress import regress as run_regress
+from onnxcfp.render import FORMATS
+from onnxcfp.render.writers import write_json, write_mp4
+from onnxcfp.zoo import find_model, list_models, load_card
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Class Feature Pyramids for ONNX video models."
@@ -38,7 +46,8 @@ def describe(graph: ModelGraph) -> dict[str, Any]:
     "kernel", "strides", "groups", "in_channels", "out_channels", "input", "output", "output_shape",
     "conv_depth"}], "residual_adds": [node names], "channel_concats": [node names], "channel_splits":
     [tensor names], "head": {"kind", "nodes", "features", "logits", "num_classes", "feature_channels",
-    "linear", "softmax_output"} | null, "explainable": bool, "problems": [str]}. Symbolic dims are names."""
+    "linear", "softmax_output"} | null, "explainable": bool, "problems": [str],
+    "gradient_problems": [str]}. Symbolic dims are names."""
     structure = graph.structure
     head = graph.head
     return {
@@ -85,7 +94,16 @@ def describe(graph: ModelGraph) -> dict[str, Any]:
         },
         "explainable": graph.explainable,
         "problems": list(graph.problems),
+        "gradient_problems": gradient_problems(graph),
     }
+
+
+def gradient_problems(graph: ModelGraph) -> list[str]:
+    """Why no backward graph can be built from the logits to F and the clip (empty: the gradients method
+    works; otherwise explanations fall back to the weights method)."""
+    if graph.head is None:
+        return ["no classifier head"]
+    return check_differentiable(graph.model, graph.head.logits, [graph.head.features, graph.video_input.name])
 
 
 def _dims(dims: list[Any]) -> str:
@@ -141,9 +159,244 @@ def inspect(
             f" {escape(repr(head['features']))};"
             f" logits {escape(repr(head['logits']))}"
         )
+    if info["gradient_problems"]:
+        console.print("differentiable: [yellow]no[/yellow] (the weights method is used)")
+        for problem in info["gradient_problems"]:
+            console.print(f"  - {problem}", markup=False, highlight=False)
+    else:
+        console.print("differentiable: [green]yes[/green] (the gradients method is available)")
     if info["explainable"]:
         console.print("explainable: [green]yes[/green]")
     else:
         console.print("explainable: [red]no[/red]")
         for problem in info["problems"]:
             console.print(f"  - {problem}", markup=False, highlight=False)
+
+
+def resolve_model(model: str) -> Path:
+    """A path to an .onnx file, or the name of a bundled zoo model (``r3d_basic`` or ``r3d_basic_legacy``)."""
+    path = Path(model)
+    if path.is_file() or path.suffix == ".onnx" or len(path.parts) > 1:
+        return path
+    return find_model(model)
+
+
+def parse_formats(formats: str | None) -> frozenset[str] | None:
+    """``"mp4,gif,report"`` → a set (None keeps the defaults); "html" is accepted for "report"."""
+    if formats is None:
+        return None
+    alias = {"html": "report"}
+    chosen = {alias.get(f.strip(), f.strip()) for f in formats.split(",") if f.strip()}
+    unknown = chosen - FORMATS
+    if unknown:
+        raise ConfigError(
+            f"unknown format(s) {', '.join(sorted(unknown))}: choose from {', '.join(sorted(FORMATS))}"
+        )
+    return frozenset(chosen)
+
+
+def print_explanation(console: Console, result: Explanation, out: Path | None) -> None:
+    pred = result.prediction
+    name = f" ({escape(pred.name)})" if pred.name else ""
+    console.print(f"explained class {pred.index}{name}: {pred.score_kind} {pred.score:.4f}")
+    console.print(
+        "top-5: "
+        + ", ".join(
+            f"{t.index}{' ' + escape(t.name) if t.name else ''} {t.probability:.3f}" for t in pred.top5
+        )
+    )
+    for notice in result.notices:
+        console.print(f"note: {notice}", markup=False, highlight=False)
+    sizes = " → ".join(str(level.size) for level in result.pyramid.levels)
+    shapes = ", ".join("×".join(map(str, t.volume.shape)) for t in result.level_tubes)
+    console.print(
+        f"pyramid ({result.pyramid.params['method']}): kept kernels per level {sizes}; tubes {shapes}"
+    )
+    if out is not None:
+        console.print(f"outputs: {escape(str(out))}")
+
+
+Label = Annotated[str | None, typer.Option("--label", help="Class index, class name, or top1 (default).")]
+Theta = Annotated[float, typer.Option("--theta", help="Keep kernels whose normalised score is ≥ θ.")]
+Depth = Annotated[int, typer.Option("--depth", help="Pyramid depth (conv levels).")]
+TopN = Annotated[int | None, typer.Option("--top-n", help="Keep at most N children per parent.")]
+Method = Annotated[str, typer.Option("--method", help="gradients (default) or weights (the paper's).")]
+Residual = Annotated[
+    str, typer.Option("--residual", help="branch (default) or all addends at residual Adds.")
+]
+Tube = Annotated[str, typer.Option("--tube", help="relevance (default), sum (the paper's) or gradcam.")]
+Score = Annotated[str, typer.Option("--score", help="logit (default) or probability.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Formats = Annotated[
+    str | None, typer.Option("--formats", help=f"Comma list of {','.join(sorted(FORMATS))} (html = report).")
+]
+
+
+def explain_options(
+    label: str | None,
+    theta: float,
+    depth: int,
+    top_n: int | None,
+    method: str,
+    residual: str,
+    tube: str,
+    score: str,
+    device: str,
+    formats: str | None,
+    **extra: Any,
+) -> ExplainOptions:
+    chosen = parse_formats(formats)
+    return ExplainOptions(
+        label=label,
+        theta=theta,
+        depth=depth,
+        top_n=top_n,
+        method=method,
+        residual=residual,
+        tube=tube,
+        score=score,
+        device=device,
+        **({"formats": chosen} if chosen is not None else {}),
+        **extra,
+    )
+
+
+@app.command()
+def explain(
+    model: Annotated[str, typer.Argument(help="The .onnx model file, or a bundled zoo model's name.")],
+    clip: Annotated[Path, typer.Argument(help="A video file, a folder of frames, or an .npy array.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("onnxcfp-out"),
+    label: Label = None,
+    theta: Theta = 0.6,
+    depth: Depth = 3,
+    top_n: TopN = None,
+    method: Method = "gradients",
+    residual: Residual = "branch",
+    tube: Tube = "relevance",
+    score: Score = "logit",
+    device: Device = "auto",
+    formats: Formats = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Loop a clip shorter than the model needs.")] = False,
+    pad: Annotated[bool, typer.Option("--pad", help="Repeat the last frame of a short clip.")] = False,
+    compat_json: Annotated[
+        bool, typer.Option("--compat-json", help="Also write the original's nested tree.")
+    ] = False,
+) -> None:
+    """Explain one clip: prediction, top-5, the pyramid, and its tubes as videos, pictures and a report."""
+    console = Console()
+    try:
+        if loop and pad:
+            raise ConfigError("--loop and --pad are exclusive: pick one way to fill a short clip")
+        fill = "loop" if loop else "pad" if pad else "none"
+        options = explain_options(
+            label, theta, depth, top_n, method, residual, tube, score, device, formats, fill=fill
+        )
+        result = Explainer(resolve_model(model), options).explain(clip)
+        result.save(out, compat_json=compat_json)
+    except OnnxcfpError as err:
+        raise fail(err) from None
+    print_explanation(console, result, out)
+
+
+@app.command()
+def zoo() -> None:
+    """List the bundled models with their cards."""
+    try:
+        cards = list_models()
+    except OnnxcfpError as err:
+        raise fail(err) from None
+    table = Table(title=f"onnxcfp model zoo ({len(cards)} models)")
+    for col in ("name", "architecture", "exporter", "input", "classes", "held-out acc.", "trained"):
+        table.add_column(col)
+    for card in cards:
+        acc = card.accuracy.held_out
+        table.add_row(
+            card.name,
+            card.architecture,
+            card.exporter,
+            f"{card.input.layout} {_dims(list(card.input.shape))}",
+            str(len(card.classes)),
+            "—" if acc is None else f"{acc:.1%} (n={card.accuracy.n})",
+            "yes" if card.trained else "no",
+        )
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("onnxcfp-demo"),
+    model: Annotated[str, typer.Option("--model", help="Bundled model to explain with.")] = "r3d_basic",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated clip.")] = 7,
+    method: Method = "gradients",
+    depth: Depth = 3,
+    theta: Theta = 0.6,
+) -> None:
+    """Generate a synthetic action clip, explain it with a bundled model, and write every output."""
+    console = Console()
+    try:
+        path = find_model(model)
+        card = load_card(path)
+        shape = dict(zip(card.input.layout, card.input.shape, strict=True))
+        data = make_clips(1, seed, frames=int(shape["T"]), size=int(shape["H"]))
+        options = ExplainOptions(method=method, depth=depth, theta=theta)
+        result = Explainer(path, options).explain(data.frames[0])
+        result.save(out)
+        write_mp4(out / "clip.mp4", data.frames[0], fps=8.0)
+    except OnnxcfpError as err:
+        raise fail(err) from None
+    truth = data.class_names[int(data.labels[0])]
+    start, stop = (int(v) for v in data.intervals[0])
+    console.print(f"model {escape(card.name)}; generated clip: {truth}, action in frames {start}..{stop - 1}")
+    print_explanation(console, result, out)
+    console.print(f"open {escape(str(out / 'report.html'))} in a browser")
+
+
+@app.command()
+def regress(
+    zoo_dir: Annotated[Path, typer.Argument(help="Folder of .onnx models with their .json cards.")],
+    golden: Annotated[Path, typer.Option("--golden", help="Folder of golden explanations.")],
+    update: Annotated[bool, typer.Option("--update", help="Rewrite the golden files.")] = False,
+    tol_jaccard: Annotated[float, typer.Option("--tol-jaccard", help="Least Jaccard of kept kernels.")] = 0.9,
+    tol_corr: Annotated[float, typer.Option("--tol-corr", help="Least tube correlation.")] = 0.99,
+    tol_diff: Annotated[float, typer.Option("--tol-diff", help="Largest tube voxel difference.")] = 0.05,
+    report: Annotated[Path, typer.Option("--report", help="Where to write the JSON report.")] = Path(
+        "regress-report.json"
+    ),
+) -> None:
+    """Recompute every zoo model's explanation of fixed clips; compare with golden files (exit 1 on drift)."""
+    console = Console()
+    try:
+        result = run_regress(zoo_dir, golden, update, Tolerances(tol_jaccard, tol_corr, tol_diff))
+        write_json(report, result.to_json())
+    except OnnxcfpError as err:
+        raise fail(err) from None
+    table = Table(title=f"regression vs {escape(str(golden))}")
+    for col in ("model", "clips", "min Jaccard", "min tube corr.", "max tube diff", "status"):
+        table.add_column(col)
+    for check in result.models:
+        status = (
+            "updated"
+            if check.updated
+            else (f"[red]{len(check.drifts)} drift(s)[/red]" if check.drifts else "[green]ok[/green]")
+        )
+        table.add_row(
+            escape(check.model),
+            str(check.clips),
+            *(
+                "—" if v is None else f"{v:.4f}"
+                for v in (check.worst_jaccard, check.worst_correlation, check.worst_max_diff)
+            ),
+            status,
+        )
+    console.print(table)
+    for check in result.models:
+        for d in check.drifts:
+            where = f"clip {d.clip}" + (f" level {d.level}" if d.level is not None else "")
+            console.print(
+                f"drift: {check.model} {where}: {d.what} = {d.value} (limit {d.limit})",
+                markup=False,
+                highlight=False,
+            )
+    console.print(f"report: {escape(str(report))}")
+    if result.drifted:
+        raise typer.Exit(code=1)

@@ -16,7 +16,7 @@ from typing import Any
 import imageio.v3 as iio
 import numpy as np
 
-from onnxcfp.batch import ClipJob
+from onnxcfp.batch import ClipJob, ExplainerPipeline
 from onnxcfp.errors import VideoReadError
 
 
@@ -98,3 +98,18 @@ def write_frames_folder(path: Path, seed: int, frames: int = 3, size: int = 8) -
 def write_corrupt_video(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not really a video" * 4)
+
+
+@dataclass(frozen=True)
+class TubeSavingPipeline(ExplainerPipeline):
+    """The real Explainer pipeline, plus the level tubes' volumes saved as ``tubes.npz`` so that runs
+    can be compared numerically (the renderers write only images)."""
+
+    def explain(self, state: Any, decoded: Any, job: ClipJob, folder: Path) -> dict[str, Any]:
+        clip = decoded if decoded is not None else job.source
+        explanation = state.explain(clip, label=job.label)
+        explanation.save(folder)
+        np.savez_compressed(
+            folder / "tubes.npz", **{f"level{t.level}": t.volume for t in explanation.level_tubes}
+        )
+        return explanation.summary()

@@ -7,6 +7,7 @@ folder protocol of ``store.py`` and turns any error into a "failed" summary with
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
 import time
@@ -141,29 +142,37 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+_PREPROCESSING: dict[str, Any] = {}
+
+
 @dataclass(frozen=True)
 class ExplainerPipeline:
     """The real pipeline: one ``onnxcfp.explain.Explainer`` per worker process; outputs are what
-    ``Explanation.save(folder, formats)`` writes and the summary is ``Explanation.summary()``."""
+    ``Explanation.save(folder)`` writes (the options' formats) and the summary is ``Explanation.summary()``.
+
+    Local mode decodes clips ahead in the main process when the model has a card (its preprocessing is
+    then known without loading the graph); without a card the worker's Explainer reads the clip."""
 
     model: str
-    options: Any  # onnxcfp.explain.ExplainOptions (imported lazily: workers import it when they build)
+    options: Any  # onnxcfp.explain.ExplainOptions (imported lazily: only workers build an Explainer)
     model_sha256: str
 
     @classmethod
     def create(cls, model: str | Path, options: Any = None) -> ExplainerPipeline:
+        from onnxcfp.errors import ModelLoadError
         from onnxcfp.explain import ExplainOptions
 
         path = Path(model).resolve()
-        if options is None:
-            options = ExplainOptions()
-        return cls(model=str(path), options=options, model_sha256=sha256_file(path) if path.is_file() else "")
+        if not path.is_file():
+            raise ModelLoadError(f"model {model} does not exist: give the path of an .onnx file")
+        return cls(model=str(path), options=options or ExplainOptions(), model_sha256=sha256_file(path))
 
     def cache_key(self) -> str:
-        return hashlib.sha256(repr((self.model, self.model_sha256, self.options)).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"model": self.model, "model_sha256": self.model_sha256, "options": _jsonable(self.options)}
+        options = self.options.fingerprint() if hasattr(self.options, "fingerprint") else self.options
+        return {"model": self.model, "model_sha256": self.model_sha256, "options": _jsonable(options)}
 
     def build(self) -> Any:
         from onnxcfp.explain import Explainer
@@ -171,15 +180,20 @@ class ExplainerPipeline:
         return Explainer(self.model, self.options)
 
     def decode(self, job: ClipJob) -> Any:
-        # The Explainer knows the model's preprocessing; it reads the clip without running the model.
-        from onnxcfp.explain import read_clip_for
+        from onnxcfp.explain import read_card
+        from onnxcfp.video import Preprocessing, read_clip
 
-        return read_clip_for(self.model, self.options, job.source)
+        key = self.cache_key()
+        if key not in _PREPROCESSING:
+            card = read_card(Path(self.model))
+            _PREPROCESSING[key] = Preprocessing.from_card(card) if card is not None else None
+        preprocessing = _PREPROCESSING[key]
+        if preprocessing is None:
+            return None  # the worker's Explainer reads it, with the preprocessing it derives from the graph
+        return read_clip(job.source, preprocessing, fill=self.options.fill)
 
     def explain(self, state: Any, decoded: Any, job: ClipJob, folder: Path) -> Mapping[str, Any]:
-        if job.label is not None:
-            explanation = state.explain(decoded, label=job.label)
-        else:
-            explanation = state.explain(decoded)
-        explanation.save(folder, getattr(self.options, "formats", None))
+        clip = decoded if decoded is not None else job.source
+        explanation = state.explain(clip, label=job.label)
+        explanation.save(folder)
         return explanation.summary()

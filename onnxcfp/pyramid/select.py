@@ -226,7 +226,6 @@ class _Builder:
         self.top_n_level = top_n_level
         self._avec: dict[str, np.ndarray] = {}
         self._alpha: dict[str, np.ndarray] = {}
-        self._kvec: dict[int, np.ndarray] = {}
         self._scores: dict[int, _LayerScores] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.conv_inputs = {layer.input for layer in graph.layers}
@@ -266,16 +265,15 @@ class _Builder:
             self._alpha[tensor] = pooled(grad)
         return self._alpha[tensor]
 
-    def kvec(self, li: int) -> np.ndarray:
-        if li not in self._kvec:
-            w = self.g.at[li].weight
-            w = w.reshape(w.shape[0], w.shape[1], -1)
-            if self.normalise == "original":
-                w32 = w.astype(np.float32, copy=False)
-                self._kvec[li] = w32.sum(axis=2, dtype=np.float32) / np.float32(w32.shape[2])
-            else:
-                self._kvec[li] = w.mean(axis=2, dtype=np.float64)
-        return self._kvec[li]
+    def kvec(self, li: int, rows: np.ndarray) -> np.ndarray:
+        """``pool(W[k])`` for the given output channels only (kernels are input-independent, but pooling
+        all of a 512x512x27 weight costs more than the whole selection)."""
+        w = self.g.at[li].weight[rows]
+        w = w.reshape(w.shape[0], w.shape[1], -1)
+        if self.normalise == "original":
+            w32 = w.astype(np.float32, copy=False)
+            return w32.sum(axis=2, dtype=np.float32) / np.float32(w32.shape[2])
+        return w.mean(axis=2, dtype=np.float64)
 
     # -- back-step ----------------------------------------------------------------------------------
     def back_step(self, li: int, parents: np.ndarray, child_level: int) -> tuple[np.ndarray, ...]:
@@ -289,7 +287,7 @@ class _Builder:
         new = parents[~cache.done[parents]]
         if new.size:
             cols = (new // per_group)[:, None] * cpg + np.arange(cpg)[None, :]
-            p = self.kvec(li)[new] * self.avec(layer.input)[cols]
+            p = self.kvec(li, new) * self.avec(layer.input)[cols]
             if self.method == "gradients":
                 p = p * np.maximum(self.alpha(layer.input)[cols], 0.0)
             cache.norm[new], cache.keep[new] = _select_rows(p, self.theta, self.normalise)
