@@ -191,7 +191,9 @@ def test_sigint_keeps_finished_clips_and_resume_does_each_clip_once(tmp_path: Pa
     n = 12
     clips = {f"c{i:02d}.npy": write_npy_clip(tmp_path / "in" / f"c{i:02d}.npy", i) for i in range(n)}
     out = tmp_path / "out"
-    script = _INTERRUPTIBLE.format(tests=str(TESTS_DIR), sleep=0.25, inputs=str(tmp_path / "in"), out=str(out))
+    script = _INTERRUPTIBLE.format(
+        tests=str(TESTS_DIR), sleep=0.25, inputs=str(tmp_path / "in"), out=str(out)
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

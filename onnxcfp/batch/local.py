@@ -42,6 +42,7 @@ class LocalStats:
     decode_starved_fraction: float
     decode_seconds: float
     worker_restarts: int
+    startup_seconds: float  # until the first worker had built its state (spawn, imports, session)
 
 
 class _DecodeFailed:
@@ -107,7 +108,7 @@ def run_local(
     prefetch = max(1, prefetch if prefetch is not None else 2 * workers)
     wall_start = time.perf_counter()
     if not jobs:
-        return LocalStats(workers, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+        return LocalStats(workers, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
 
     ctx = mp.get_context("spawn")  # no fork with a live decoder thread and onnxruntime thread pools
     results = ctx.Queue()
@@ -281,6 +282,7 @@ def run_local(
         decode_starved_fraction=min(1.0, starved / (workers * phase)) if phase > 0 else 0.0,
         decode_seconds=decode_total[0],
         worker_restarts=restarts,
+        startup_seconds=(first_ready or wall_start) - wall_start,
     )
 
 

@@ -215,4 +215,3 @@ def action_frames_of(clip: MaskedClip, frame_indices: np.ndarray, masks: np.ndar
         idx = np.asarray(frame_indices)
         return (idx >= start) & (idx < stop)
     return np.asarray(masks, dtype=bool).any(axis=(1, 2))
-
