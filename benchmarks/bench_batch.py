@@ -44,8 +44,9 @@ def main() -> None:
             s = report.stats
             rows.append((f"local, {workers} worker(s)", report.wall_seconds, s["worker_wait_fraction"],
                          s["decode_starved_fraction"], None))
-            rows.append(("  same, after startup", report.wall_seconds - s["startup_seconds"], None, None, None))
-            print(workers, s, [round(c.seconds, 3) for c in report.clips][:8])
+            rate = s["steady_clips_per_second"]
+            steady = args.clips / rate if rate else float("inf")
+            rows.append(("  same, after startup", steady, None, None, None))
         if not args.no_dask:
             try:
                 import distributed
@@ -75,8 +76,8 @@ def main() -> None:
             f"{'' if wait is None else f'{wait:.3f}':>6} {'' if starved is None else f'{starved:.3f}':>15} "
             f"{'' if overhead is None else f'{overhead:.1f}':>13}"
         )
-    print("'local' wall includes spawning workers and building their Explainer; 'after startup' excludes the")
-    print("time until the first worker was ready; the dask cluster was started and warmed up beforehand")
+    print("'local' includes spawning the workers and building their Explainer; 'after startup' counts only")
+    print("the clips finished after every worker was ready; the dask cluster was started and warmed up first")
 
 
 if __name__ == "__main__":

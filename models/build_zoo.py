@@ -48,6 +48,7 @@ TRAIN_SEED, VAL_SEED, EVAL_SEED = 1000, 1500, 2000
 LEARNING_RATE = 2e-3
 TARGET_VAL_ACCURACY = 0.94
 EXTRA_ROUNDS, EXTRA_EPOCHS = 2, 5
+EXTRA_LR_FRACTION = 0.5  # of LEARNING_RATE, for the extra rounds
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,14 +270,14 @@ def r3d_basic(k: int) -> VideoNet:
 
 def r3d_bottleneck(k: int) -> VideoNet:
     return VideoNet(
-        nn.Sequential(stem3d(16), Bottleneck(16, 8, 32), Bottleneck(32, 16, 64, (1, 2, 2))), 64, k, "gemm"
+        nn.Sequential(stem3d(16), Bottleneck(16, 16, 32), Bottleneck(32, 32, 64, (1, 2, 2))), 64, k, "gemm"
     )
 
 
 def resnext3d(k: int) -> VideoNet:
     return VideoNet(
         nn.Sequential(
-            stem3d(16), Bottleneck(16, 32, 32, groups=8), Bottleneck(32, 32, 64, (1, 2, 2), groups=8)
+            stem3d(16), Bottleneck(16, 32, 48, groups=8), Bottleneck(48, 64, 64, (1, 2, 2), groups=8)
         ),
         64,
         k,
@@ -589,7 +590,7 @@ def train(
         log(f"    validation accuracy {accuracy:.3f}")
         if accuracy >= TARGET_VAL_ACCURACY:
             return
-        run_one_cycle(net, *train_set, EXTRA_EPOCHS, LEARNING_RATE / 4, rng, log)
+        run_one_cycle(net, *train_set, EXTRA_EPOCHS, LEARNING_RATE * EXTRA_LR_FRACTION, rng, log)
     log(f"    validation accuracy {torch_accuracy(net, *val_set):.3f}")
 
 
@@ -807,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=2048)
     parser.add_argument("--n-val", type=int, default=320)
     parser.add_argument("--n-eval", type=int, default=480)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine is shared)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

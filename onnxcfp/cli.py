@@ -400,3 +400,145 @@ def regress(
     console.print(f"report: {escape(str(report))}")
     if result.drifted:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="The .onnx model file, or a bundled zoo model's name.")],
+    synthetic: Annotated[
+        int | None, typer.Option("--synthetic", help="Evaluate on N generated clips with exact masks.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Folder of clips (videos, frame folders, .npy).")
+    ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option("--masks", help="Folder with one folder of per-frame PNG masks per clip stem."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the synthetic clips and random baselines.")
+    ] = 0,
+    theta: Theta = 0.6,
+    depth: Depth = 3,
+    steps: Annotated[int, typer.Option("--steps", help="Steps of the deletion/insertion curves.")] = 20,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="Comma list of method families (default: all).")
+    ] = None,
+    score: Score = "logit",
+    device: Device = "cpu",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("onnxcfp-eval"),
+) -> None:
+    """Score pyramid tubes, Grad-CAM, occlusion, random and centre-prior maps against ground-truth masks
+    (energy, pointing game, temporal AUROC) and by deletion/insertion; print a table, write CSV + PNG."""
+    from onnxcfp.evaluate.data import read_masked_clips
+    from onnxcfp.evaluate.evaluation import EvaluationOptions, evaluate_model
+    from onnxcfp.evaluate.report import results_table, write_results
+    from onnxcfp.runtime import RuntimeConfig
+
+    console = Console()
+    try:
+        if (synthetic is None) == (data is None):
+            raise ConfigError("give either --synthetic N or --data DIR --masks DIR (one of them)")
+        if (data is None) != (masks is None):
+            raise ConfigError("--data and --masks go together: a folder of clips and a folder of their masks")
+        path = resolve_model(model)
+        chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
+        options = EvaluationOptions(
+            theta=theta,
+            depth=depth,
+            steps=steps,
+            gradient_score=score,
+            seed=seed,
+            runtime=RuntimeConfig(provider=device),
+            **({"methods": chosen} if chosen else {}),
+        )
+        # the model's own clip size and class names (from its card, else its input shape)
+        probe = Explainer(path, ExplainOptions(kernel_tubes=False))
+        if synthetic is not None:
+            if synthetic < 1:
+                raise ConfigError(f"--synthetic needs at least 1 clip, got {synthetic}")
+            frames, size = probe.preprocessing.frames, probe.preprocessing.size
+            clips: Any = make_clips(synthetic, seed, frames=frames or 16, size=size[0] if size else 64)
+        else:
+            assert data is not None and masks is not None
+            clips = read_masked_clips(data, masks, probe.class_names)
+        status = Console(stderr=True)
+        result = evaluate_model(
+            path, clips, options=options, progress=lambda done, total: status.print(f"clip {done}/{total}")
+        )
+        files = write_results(result, out)
+    except OnnxcfpError as err:
+        raise fail(err) from None
+    console.print(results_table(result))
+    for notice in result.notices:
+        console.print(f"notice: {notice}", markup=False, highlight=False)
+    console.print(f"wrote {', '.join(escape(str(f)) for f in files)}")
+
+
+@app.command()
+def batch(
+    model: Annotated[str, typer.Argument(help="The .onnx model file, or a bundled zoo model's name.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Videos, .npy files, frame folders, or folders of them (recursive).")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (one folder per clip).")] = Path(
+        "onnxcfp-batch"
+    ),
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="CSV with columns clip,label (index or class name).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Local worker processes.")] = 1,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip clips whose outputs are complete (verified by sha256).")
+    ] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing clip.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Run on Dask: a scheduler address, or local:N (N processes)."),
+    ] = None,
+    retries: Annotated[
+        int, typer.Option("--retries", help="Extra attempts for a clip whose worker died.")
+    ] = 1,
+    label: Label = None,
+    theta: Theta = 0.6,
+    depth: Depth = 3,
+    top_n: TopN = None,
+    method: Method = "gradients",
+    residual: Residual = "branch",
+    tube: Tube = "relevance",
+    score: Score = "logit",
+    device: Device = "auto",
+    formats: Formats = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Loop a clip shorter than the model needs.")] = False,
+    pad: Annotated[bool, typer.Option("--pad", help="Repeat the last frame of a short clip.")] = False,
+) -> None:
+    """Explain many clips: one output folder per clip plus summary.csv/summary.json; failures are recorded
+    and the batch goes on. Exit 0 when every clip is explained, 1 when some failed, 130 on Ctrl-C."""
+    from onnxcfp.batch import batch_explain
+
+    console = Console(stderr=True)
+    try:
+        if loop and pad:
+            raise ConfigError("--loop and --pad are exclusive: pick one way to fill a short clip")
+        fill = "loop" if loop else "pad" if pad else "none"
+        options = explain_options(
+            label, theta, depth, top_n, method, residual, tube, score, device, formats, fill=fill
+        )
+        report = batch_explain(
+            resolve_model(model), inputs, out, options, workers=workers, resume=resume,
+            fail_fast=fail_fast, scheduler=scheduler, labels=labels, max_retries=retries,
+        )
+    except OnnxcfpError as err:
+        raise fail(err) from None
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished clips are kept in {escape(str(out))}; rerun with --resume")
+        raise typer.Exit(code=130) from None
+    counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "skipped", "failed") if report.count(s))
+    console.print(f"{report.total} clips: {counts} in {report.wall_seconds:.1f} s")
+    for failed in report.failed:
+        console.print(f"failed: {failed.clip}: {failed.error}", markup=False, highlight=False)
+    if len(report.clips) < report.total:
+        not_run = report.total - len(report.clips)
+        console.print(f"stopped at the first failure (--fail-fast): {not_run} not run")
+    console.print(f"summary: {escape(str(out / 'summary.csv'))}")
+    raise typer.Exit(code=report.exit_code)

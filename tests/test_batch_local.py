@@ -142,7 +142,8 @@ def test_local_batch_records_corrupt_clip_and_finishes_the_rest_then_resumes(tmp
 def test_raising_clip_is_one_line_and_fail_fast_stops(tmp_path: Path) -> None:
     for i in range(4):
         write_npy_clip(tmp_path / "in" / f"c{i}.npy", i)
-    report = batch_explain(FakePipeline(raise_on="c1"), tmp_path / "in", tmp_path / "out", progress=False)
+    # progress=True drives the rich bar (to stderr; not a TTY here) through the whole run
+    report = batch_explain(FakePipeline(raise_on="c1"), tmp_path / "in", tmp_path / "out", progress=True)
     errors = {c.clip: c.error for c in report.clips if c.status == "failed"}
     assert errors == {"c1.npy": "ValueError: deliberate failure for c1.npy second line"}
     assert report.count("ok") == 3
@@ -220,3 +221,23 @@ def test_sigint_keeps_finished_clips_and_resume_does_each_clip_once(tmp_path: Pa
     _check_outputs(out, clips)
     _no_leftovers(out)
     assert os.path.exists(out / "summary.csv")
+
+
+def test_labels_csv_sets_each_clips_target_and_output_inside_inputs_is_not_a_clip(tmp_path: Path) -> None:
+    write_npy_clip(tmp_path / "in" / "a.npy", 1)
+    write_npy_clip(tmp_path / "in" / "sub" / "b.npy", 2)
+    write_npy_clip(tmp_path / "in" / "c.npy", 3)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("clip,label\nsub/b,2\na.npy,1\n")  # by id without extension, and by exact id
+    out = tmp_path / "in" / "results"  # inside the inputs: its clip folders must not become clips
+    write_frames_folder(out / "stale_frames_looking_folder", 9)
+    report = batch_explain(FakePipeline(), tmp_path / "in", out, labels=labels, progress=False)
+    assert {c.clip: c.target for c in report.clips} == {
+        "a.npy": 1,
+        "sub/b.npy": 2,
+        "c.npy": int(np.argmax(expected_mean(np.load(tmp_path / "in" / "c.npy")))),  # no label: top-1
+    }
+    with pytest.raises(ConfigError, match="clip"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("name,label\nx,1\n")
+        batch_explain(FakePipeline(), tmp_path / "in", out, labels=bad, progress=False)

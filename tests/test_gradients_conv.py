@@ -111,7 +111,9 @@ def test_batchnorm_inference_matches_fd():
     }  # fmt: skip
     for dtype, shape in ((np.float64, [2, c, 3, 2, 2]), (np.float32, [2, c])):
         inits = [numpy_helper.from_array(v.astype(dtype), k) for k, v in params.items()]
-        bn = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"], epsilon=1e-3)
+        bn = helper.make_node(
+            "BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"], epsilon=1e-3
+        )
         model = make_model([bn], [("x", dtype, shape)], "y", inits, opset=15)
         x = rng.standard_normal(shape).astype(dtype)
         check_input_grad(model, x, eps=1.0, tol=1e-5 if dtype == np.float64 else 1e-4)

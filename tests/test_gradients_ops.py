@@ -33,13 +33,16 @@ def node(op, inputs, outputs=("y",), **attrs):
 
 
 S = (2, 3, 4)
+# fmt: off
 CASES = {
     # activations
     "relu": ([node("Relu", ["x"])], S, F64, [], 13),
     "leakyrelu": ([node("LeakyRelu", ["x"], alpha=0.1)], S, F64, [], 16),
     "leakyrelu_neg_alpha": ([node("LeakyRelu", ["x"], alpha=-0.3)], S, F64, [], 16),
     "prelu": ([node("PRelu", ["x", "s"])], S, F32, [init("s", np.float32([0.1, -0.2, 0.3, 0.4]))], 16),
-    "clip_both": ([node("Clip", ["x", "lo", "hi"])], S, F64, [init("lo", F64(-1.0)), init("hi", F64(1.0))], 13),
+    "clip_both": (
+        [node("Clip", ["x", "lo", "hi"])], S, F64, [init("lo", F64(-1.0)), init("hi", F64(1.0))], 13,
+    ),
     "clip_max_only": ([node("Clip", ["x", "", "hi"])], S, F64, [init("hi", F64(0.5))], 13),
     "sigmoid": ([node("Sigmoid", ["x"])], S, F64, [], 13),
     "tanh": ([node("Tanh", ["x"])], S, F64, [], 13),
@@ -50,15 +53,16 @@ CASES = {
     "softmax_default": ([node("Softmax", ["x"])], S, F64, [], 13),
     "logsoftmax": ([node("LogSoftmax", ["x"], axis=-1)], S, F64, [], 13),
     "exp_log_sqrt_chain": (
-        [node("Exp", ["x"], ["e"]), node("Sqrt", ["e"], ["q"]), node("Log", ["q"], ["l"]), node("Neg", ["l"], ["n"]),
+        [node("Exp", ["x"], ["e"]), node("Sqrt", ["e"], ["q"]), node("Log", ["q"], ["l"]),
+         node("Neg", ["l"], ["n"]),
          node("Abs", ["n"], ["a"]), node("Reciprocal", ["e"], ["r"]), node("Add", ["a", "r"])],
         S, F64, [], 13,
-    ),  # fmt: skip
+    ),
     "softplus_erf_elu": (
         [node("Softplus", ["x"], ["p"]), node("Erf", ["p"], ["f"]), node("Elu", ["x"], ["u"], alpha=0.7),
          node("Softsign", ["u"], ["v"]), node("Add", ["f", "v"])],
         S, F32, [], 13,
-    ),  # fmt: skip
+    ),
     "gelu": ([node("Gelu", ["x"])], S, F32, [], 20),
     # arithmetic with broadcasting
     "add_bcast": ([node("Add", ["x", "b"])], S, F64, [init("b", rng0.standard_normal((3, 1)))], 13),
@@ -67,67 +71,83 @@ CASES = {
     "mul_bcast_both": (
         [node("Reshape", ["x", "shp"], ["xr"]), node("Mul", ["xr", "b"])], S, F64,
         [init("shp", np.int64([2, 1, 12])), init("b", rng0.standard_normal((5, 1)))], 13,
-    ),  # fmt: skip
+    ),
     "div_both": ([node("Exp", ["x"], ["e"]), node("Div", ["x", "e"])], S, F64, [], 13),
     "pow_both": ([node("Exp", ["x"], ["e"]), node("Pow", ["e", "x"])], S, F64, [], 15),
     "sum_mean_max_min": (
         [node("Sigmoid", ["x"], ["s"]), node("Sum", ["x", "s", "x"], ["a"]), node("Mean", ["a", "s"], ["m"]),
          node("Max", ["m", "x"], ["mx"]), node("Min", ["mx", "s"])],
         S, F32, [], 13,
-    ),  # fmt: skip
+    ),
     "where_expand": (
-        [node("Greater", ["x", "z"], ["c"]), node("Expand", ["x", "shp"], ["ex"]), node("Where", ["c", "ex", "x"])],
+        [node("Greater", ["x", "z"], ["c"]), node("Expand", ["x", "shp"], ["ex"]),
+         node("Where", ["c", "ex", "x"])],
         (3, 1, 4), F64, [init("z", F64(0.0)), init("shp", np.int64([2, 3, 5, 4]))], 13,
-    ),  # fmt: skip
+    ),
     "cast_chain": (
-        [node("Cast", ["x"], ["d"], to=11), node("Cast", ["d"], ["f"], to=1), node("Mul", ["f", "f"])], S, F32, [], 13,
-    ),  # fmt: skip
+        [node("Cast", ["x"], ["d"], to=11), node("Cast", ["d"], ["f"], to=1), node("Mul", ["f", "f"])],
+        S, F32, [], 13,
+    ),
     # reductions (attribute axes < 18, input axes ≥ 18)
     "reducemean_attr": ([node("ReduceMean", ["x"], axes=[-1], keepdims=0)], S, F64, [], 13),
-    "reducemean_input": ([node("ReduceMean", ["x", "ax"], keepdims=1)], S, F64, [init("ax", np.int64([0, 2]))], 18),
+    "reducemean_input": (
+        [node("ReduceMean", ["x", "ax"], keepdims=1)], S, F64, [init("ax", np.int64([0, 2]))], 18,
+    ),
     "reducemean_all": ([node("ReduceMean", ["x"], keepdims=0)], S, F64, [], 18),
-    "reducesum_input": ([node("ReduceSum", ["x", "ax"], keepdims=0)], S, F64, [init("ax", np.int64([-2]))], 13),
+    "reducesum_input": (
+        [node("ReduceSum", ["x", "ax"], keepdims=0)], S, F64, [init("ax", np.int64([-2]))], 13,
+    ),
     "reducemax_attr": ([node("ReduceMax", ["x"], axes=[1])], S, F64, [], 13),
-    "reducemin_input": ([node("ReduceMin", ["x", "ax"], keepdims=0)], S, F64, [init("ax", np.int64([2]))], 18),
+    "reducemin_input": (
+        [node("ReduceMin", ["x", "ax"], keepdims=0)], S, F64, [init("ax", np.int64([2]))], 18,
+    ),
     "reducel2": ([node("ReduceL2", ["x"], axes=[2])], S, F64, [], 13),
     # linear algebra
     "matmul_bcast": ([node("MatMul", ["x", "b"])], S, F64, [init("b", rng0.standard_normal((4, 5)))], 13),
     "matmul_left": ([node("MatMul", ["b", "x"])], S, F64, [init("b", rng0.standard_normal((2, 5, 3)))], 13),
     "matmul_vec": ([node("MatMul", ["x", "b"])], S, F64, [init("b", rng0.standard_normal(4))], 13),
-    "matmul_vec_left": ([node("MatMul", ["b", "x"])], (2, 4, 3), F64, [init("b", rng0.standard_normal(4))], 13),
+    "matmul_vec_left": (
+        [node("MatMul", ["b", "x"])], (2, 4, 3), F64, [init("b", rng0.standard_normal(4))], 13,
+    ),
     # data movement
     "concat_split": (
         [node("Exp", ["x"], ["e"]), node("Concat", ["x", "e", "c"], ["cat"], axis=-1),
          node("Split", ["cat", "sp"], ["s1", "s2"], axis=2), node("Mul", ["s1", "s2"])],
         S, F64, [init("c", rng0.standard_normal((2, 3, 2))), init("sp", np.int64([5, 5]))], 13,
-    ),  # fmt: skip
+    ),
     "split18_unused_output": (
         [node("Split", ["x"], ["a", "b"], axis=2, num_outputs=2), node("Relu", ["b"])], S, F64, [], 18,
-    ),  # fmt: skip
+    ),
     "slice_static": (
         [node("Slice", ["x", "st", "en", "ax"])], S, F64,
         [init("st", np.int64([1, -3])), init("en", np.int64([100, -1])), init("ax", np.int64([1, 2]))], 13,
-    ),  # fmt: skip
+    ),
     "slice_steps": (
         [node("Slice", ["x", "st", "en", "ax", "sp"])], S, F64,
         [init("st", np.int64([-1, 0])), init("en", np.int64([-100, 4])), init("ax", np.int64([2, 1])),
          init("sp", np.int64([-2, 2]))], 13,
-    ),  # fmt: skip
+    ),
     "reshape_flatten_squeeze": (
         [node("Unsqueeze", ["x", "a0"], ["u"]), node("Reshape", ["u", "shp"], ["r"]),
          node("Squeeze", ["r", "a0"], ["q"]), node("Flatten", ["q"], ["f"], axis=1),
          node("Transpose", ["f"], ["t"], perm=[1, 0]), node("Transpose", ["t"])],
         S, F64, [init("a0", np.int64([0])), init("shp", np.int64([1, 6, 4]))], 13,
-    ),  # fmt: skip
+    ),
     "identity_dropout": ([node("Identity", ["x"], ["i"]), node("Dropout", ["i"])], S, F64, [], 13),
     "pad_constant_mixed": (
         [node("Pad", ["x", "p"])], S, F64, [init("p", np.int64([0, 1, -1, 1, 0, 2]))], 13,
-    ),  # fmt: skip
-    "pad_axes18": ([node("Pad", ["x", "p", "", "ax"])], S, F64, [init("p", np.int64([2, 1])), init("ax", np.int64([2]))], 18),
-    "pad_reflect": ([node("Pad", ["x", "p"], mode="reflect")], S, F64, [init("p", np.int64([0, 0, 2, 0, 0, 1]))], 16),
+    ),
+    "pad_axes18": (
+        [node("Pad", ["x", "p", "", "ax"])], S, F64,
+        [init("p", np.int64([2, 1])), init("ax", np.int64([2]))], 18,
+    ),
+    "pad_reflect": (
+        [node("Pad", ["x", "p"], mode="reflect")], S, F64, [init("p", np.int64([0, 0, 2, 0, 0, 1]))], 16,
+    ),
     "gather_dup": ([node("Gather", ["x", "i"], axis=2)], S, F64, [init("i", np.int64([[0, 3], [3, 3]]))], 13),
     "tile": ([node("Tile", ["x", "r"])], S, F64, [init("r", np.int64([1, 2, 2]))], 13),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -161,8 +181,10 @@ def test_gemm_matches_fd_wrt_a_b_c(trans_a, trans_b):
 
 
 RESIZES = {
-    "nearest_2x_asym": (dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-                        [1, 1, 2, 2], None, (1, 2, 3, 4)),
+    "nearest_2x_asym": (
+        dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        [1, 1, 2, 2], None, (1, 2, 3, 4),
+    ),
     "nearest_3d_1_2_2": (dict(mode="nearest"), [1, 1, 1, 2, 2], None, (1, 2, 2, 3, 3)),
     "nearest_1_5": (dict(mode="nearest"), [1, 1, 1.5, 1.5], None, (1, 1, 4, 3)),
     "linear_half_pixel": (dict(mode="linear"), [1, 1, 2, 2], None, (1, 2, 3, 4)),

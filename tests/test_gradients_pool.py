@@ -25,15 +25,18 @@ def pool_configs(draw, allow_dilation: bool):
     pads = [draw(st.integers(0, k - 1)) for k in kernel * 2]  # onnxruntime wants pads < kernel
     ceil = draw(st.integers(0, 1))
     max_side = {1: 9, 2: 6, 3: 5}[dims]
-    sizes = [draw(st.integers((k - 1) * d + 1, max(max_side, (k - 1) * d + 1))) for k, d in zip(kernel, dil)]
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True)]
+    sizes = [draw(st.integers(e, max(max_side, e))) for e in extents]
     if ceil:
         # Where ceil_mode's last window would start in the end padding, onnxruntime drops it but ONNX shape
         # inference keeps it; onnxruntime then contradicts its own inferred shapes. Not a gradient question.
-        extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil))
-        ort_sizes = pooled_sizes(tuple(sizes), extent, tuple(strides), tuple(pads[:dims]), tuple(pads[dims:]), True)
+        extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True))
+        ort_sizes = pooled_sizes(
+            tuple(sizes), extent, tuple(strides), tuple(pads[:dims]), tuple(pads[dims:]), True
+        )
         onnx_sizes = [
             -(-(n + pb + pe - e) // s) + 1
-            for n, e, s, pb, pe in zip(sizes, extent, strides, pads[:dims], pads[dims:])
+            for n, e, s, pb, pe in zip(sizes, extent, strides, pads[:dims], pads[dims:], strict=True)
         ]
         assume(list(ort_sizes) == onnx_sizes)
     return dims, kernel, strides, dil, pads, ceil, sizes
@@ -48,7 +51,7 @@ def _tie_free(shape, seed: int) -> np.ndarray:
 @settings(max_examples=25, deadline=None)
 @given(cfg=pool_configs(allow_dilation=True), opset=st.sampled_from([13, 17]), reuse_indices=st.booleans())
 def test_maxpool_matches_fd(cfg, opset, reuse_indices):
-    dims, kernel, strides, dil, pads, ceil, sizes = cfg
+    _dims, kernel, strides, dil, pads, ceil, sizes = cfg
     outs = ["y", "idx"] if reuse_indices else ["y"]
     node = helper.make_node(
         "MaxPool", ["x"], outs, kernel_shape=kernel, strides=strides, dilations=dil, pads=pads, ceil_mode=ceil
@@ -70,7 +73,9 @@ def test_maxpool_overlap_raises_opset_and_non_overlap_keeps_it():
 
 
 def test_maxpool_auto_pad_same_upper():
-    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER")
+    node = helper.make_node(
+        "MaxPool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER"
+    )
     model = make_model([node], [("x", np.float64, [1, 2, 5, 6])], "y")
     check_input_grad(model, _tie_free([1, 2, 5, 6], 2), eps=1e-3, tol=1e-8)
 
@@ -78,7 +83,7 @@ def test_maxpool_auto_pad_same_upper():
 @settings(max_examples=25, deadline=None)
 @given(cfg=pool_configs(allow_dilation=False), include_pad=st.integers(0, 1))
 def test_averagepool_matches_fd(cfg, include_pad):
-    dims, kernel, strides, _dil, pads, ceil, sizes = cfg
+    _dims, kernel, strides, _dil, pads, ceil, sizes = cfg
     node = helper.make_node(
         "AveragePool", ["x"], ["y"], kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=ceil,
         count_include_pad=include_pad,
@@ -96,7 +101,9 @@ def test_averagepool_dilation_opset19_and_same_lower():
     model = make_model([node], [("x", np.float32, [1, 2, 7, 6])], "y", opset=19)
     x = np.random.default_rng(4).standard_normal((1, 2, 7, 6)).astype(np.float32)
     check_input_grad(model, x, eps=1.0, tol=1e-4)
-    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER")
+    node = helper.make_node(
+        "AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER"
+    )
     model = make_model([node], [("x", np.float32, [1, 2, 6, 5])], "y")
     check_input_grad(model, x[:, :, :6, :5].copy(), eps=1.0, tol=1e-4)
 

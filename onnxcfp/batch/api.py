@@ -151,6 +151,7 @@ def batch_explain(
         out_root,
         {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": getattr(pipeline, "model", None),
             "fingerprint": fingerprint,
             "mode": mode,
             "workers": workers if mode == "local" else None,

@@ -8,6 +8,7 @@ times more, then record the clip as failed."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxcfp.batch.jobs import ClipJob, ClipSummary, one_line
-from onnxcfp.batch.pipeline import ClipPipeline, explain_one, failed_summary
+from onnxcfp.batch.pipeline import WORKER_THREADS_VAR, ClipPipeline, explain_one, failed_summary
 from onnxcfp.errors import ConfigError
 
 
@@ -55,8 +56,11 @@ def connect(scheduler: str) -> Iterator[Any]:
             n = 0
         if n < 1:
             raise ConfigError(f"--scheduler {scheduler}: use local:N with N >= 1 worker processes")
+        # Each worker's onnxruntime gets its share of the cores (Dask already sets OMP/MKL threads to 1).
+        threads = str(max(1, (os.cpu_count() or 1) // n))
         cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+            env={WORKER_THREADS_VAR: os.environ.get(WORKER_THREADS_VAR, threads)},
         )
         client = distributed.Client(cluster)
         try:

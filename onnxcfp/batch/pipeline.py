@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -144,6 +145,9 @@ def _jsonable(value: Any) -> Any:
 
 _PREPROCESSING: dict[str, Any] = {}
 
+# Set by the local runner in each worker's environment: onnxruntime intra-op threads for that worker.
+WORKER_THREADS_VAR = "ONNXCFP_WORKER_THREADS"
+
 
 @dataclass(frozen=True)
 class ExplainerPipeline:
@@ -153,9 +157,10 @@ class ExplainerPipeline:
     Local mode decodes clips ahead in the main process when the model has a card (its preprocessing is
     then known without loading the graph); without a card the worker's Explainer reads the clip."""
 
-    model: str
+    model: str  # absolute path; Dask workers must see the model (and its card) at this same path
     options: Any  # onnxcfp.explain.ExplainOptions (imported lazily: only workers build an Explainer)
     model_sha256: str
+    card_sha256: str | None = None  # the card beside the model sets preprocessing and class names
 
     @classmethod
     def create(cls, model: str | Path, options: Any = None) -> ExplainerPipeline:
@@ -165,19 +170,35 @@ class ExplainerPipeline:
         path = Path(model).resolve()
         if not path.is_file():
             raise ModelLoadError(f"model {model} does not exist: give the path of an .onnx file")
-        return cls(model=str(path), options=options or ExplainOptions(), model_sha256=sha256_file(path))
+        card = path.with_suffix(".json")
+        return cls(
+            model=str(path),
+            options=options or ExplainOptions(),
+            model_sha256=sha256_file(path),
+            card_sha256=sha256_file(card) if card.is_file() else None,
+        )
 
     def cache_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()
+        key = {"model": self.model, **self.fingerprint()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def fingerprint(self) -> dict[str, Any]:
         options = self.options.fingerprint() if hasattr(self.options, "fingerprint") else self.options
-        return {"model": self.model, "model_sha256": self.model_sha256, "options": _jsonable(options)}
+        # Content, not location: moving the model folder keeps --resume valid; changing a weight does not.
+        return {
+            "model_sha256": self.model_sha256,
+            "card_sha256": self.card_sha256,
+            "options": _jsonable(options),
+        }
 
     def build(self) -> Any:
         from onnxcfp.explain import Explainer
 
-        return Explainer(self.model, self.options)
+        explainer = Explainer(self.model, self.options)
+        threads = os.environ.get(WORKER_THREADS_VAR)
+        if threads and hasattr(explainer, "config") and getattr(explainer.config, "intra_threads", 0) is None:
+            explainer.config = replace(explainer.config, intra_threads=int(threads))
+        return explainer
 
     def decode(self, job: ClipJob) -> Any:
         from onnxcfp.explain import read_card

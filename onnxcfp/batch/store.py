@@ -26,13 +26,13 @@ MANIFEST_SCHEMA = "onnxcfp.batch.manifest/1"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a torn file."""
+    """Write a file so that readers see the old content or the new one, never a torn file. No fsync: after
+    a power loss a manifest may list bytes that never hit the disk, but resume re-hashes every file, so such
+    a folder is redone rather than trusted."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
         os.replace(tmp, path)
     except BaseException:

@@ -1,6 +1,8 @@
 """How good is an explanation? Localisation against ground-truth masks, faithfulness curves, and the
-baselines to compare against (see onnxcfp/evaluate/*.py). Every function is pure and works on NumPy
-arrays plus, for faithfulness and occlusion, a ``predict(batch) -> probabilities`` callable."""
+baselines to compare against. The metric and baseline functions are pure and work on NumPy arrays plus,
+for faithfulness and occlusion, a ``predict(batch) -> probabilities`` callable; ``evaluate_model`` runs
+them all on a model and a set of masked clips (``onnxcfp.evaluate.evaluation``), ``report`` prints and
+writes the results."""
 
 from __future__ import annotations
 
@@ -16,6 +18,20 @@ from onnxcfp.evaluate.baselines import (
     occlusion,
     random_channels,
     random_tube,
+)
+from onnxcfp.evaluate.data import MaskedClip, MaskedClips, from_synthetic, read_masked_clips
+from onnxcfp.evaluate.evaluation import (
+    FAMILIES,
+    METRICS,
+    ClipScore,
+    Comparison,
+    EvaluationOptions,
+    EvaluationResult,
+    MethodSummary,
+    ModelEvaluator,
+    PreparedClip,
+    evaluate_model,
+    random_subset_tube,
 )
 from onnxcfp.evaluate.faithfulness import (
     Curve,
@@ -86,23 +102,38 @@ def score_saliency(
 
 
 __all__ = [
+    "FAMILIES",
+    "METRICS",
+    "ClipScore",
+    "Comparison",
     "Curve",
+    "EvaluationOptions",
+    "EvaluationResult",
+    "MaskedClip",
+    "MaskedClips",
+    "MethodSummary",
+    "ModelEvaluator",
     "PointingResult",
     "Predict",
+    "PreparedClip",
     "SaliencyScores",
     "auroc",
     "baseline_clip",
     "centre_prior",
     "channel_sum_tube",
     "energy_in_mask",
+    "evaluate_model",
     "frame_mass",
+    "from_synthetic",
     "gradcam",
     "gradcam_per_frame",
     "occlusion",
     "pointing_game",
     "predict_batched",
     "random_channels",
+    "random_subset_tube",
     "random_tube",
+    "read_masked_clips",
     "saliency_curves",
     "saliency_order",
     "score_saliency",

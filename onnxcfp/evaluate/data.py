@@ -9,9 +9,10 @@ User data is two folders with matching names::
 
 A clip is any source ``onnxcfp.video.read_clip`` accepts (video file, frames folder, ``.npy``); its
 masks are the PNGs of the folder with the clip's stem, in natural order, one per source frame, each the
-size of the source frames; non-zero pixels are the actor. An optional ``labels.csv`` in the data folder
-(``clip,label`` rows, a class index or a card class name) gives each clip's true class; without it the
-evaluation explains each clip's top-1 class.
+size of the source frames; non-zero pixels are the actor. The model sees the clip's first T frames
+(T from the model card or input shape), as ``onnxcfp explain`` does. An optional ``labels.csv`` in the
+data folder (``clip,label`` rows, a class index or a card class name) gives each clip's true class;
+without it the evaluation explains each clip's top-1 class.
 
 Masks are brought to the model's input exactly as the frames are: the same frame indices, the same crop
 box, then resized to the model's H×W (bilinear on 0/255, kept where ≥ 128, i.e. a pixel is actor when at

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binomtest
 
 from onnxcfp.datasets import SyntheticClips
 from onnxcfp.errors import ConfigError
@@ -150,7 +151,8 @@ class MethodSummary:
 class Comparison:
     """Paired comparison of two methods on the clips both were scored on: ``mean_difference`` is
     method − baseline (sign as the metric, so for deletion a NEGATIVE difference means better), ``wins``
-    the fraction of clips where the method is strictly better."""
+    the fraction of clips where the method is strictly better, ``p_sign`` the two-sided sign test's
+    p-value of wins vs losses (ties left out) against a coin toss."""
 
     method: str
     baseline: str
@@ -158,6 +160,7 @@ class Comparison:
     n: int
     mean_difference: float
     wins: float
+    p_sign: float
 
     @property
     def better(self) -> bool:
@@ -209,10 +212,14 @@ class EvaluationResult:
         pairs = np.array([(a[c], b[c]) for c in a if c in b], dtype=np.float64)
         pairs = pairs[np.isfinite(pairs).all(axis=1)] if pairs.size else pairs.reshape(0, 2)
         if pairs.shape[0] == 0:
-            return Comparison(method, baseline, metric, 0, float("nan"), float("nan"))
+            return Comparison(method, baseline, metric, 0, float("nan"), float("nan"), float("nan"))
         diff = pairs[:, 0] - pairs[:, 1]
         won = diff > 0 if HIGHER_IS_BETTER[metric] else diff < 0
-        return Comparison(method, baseline, metric, int(diff.size), float(diff.mean()), float(won.mean()))
+        decided = int(np.count_nonzero(diff))
+        p_sign = float(binomtest(int(won.sum()), decided, 0.5).pvalue) if decided else 1.0
+        return Comparison(
+            method, baseline, metric, int(diff.size), float(diff.mean()), float(won.mean()), p_sign
+        )
 
     def clip_rows(self) -> list[dict[str, object]]:
         return [asdict(r) for r in self.rows]
@@ -277,8 +284,21 @@ class _Map:
     saliency: np.ndarray
 
 
-class _ModelEvaluator:
-    """Holds what is built once per model: graph, preprocessing, tensor requests, predict function."""
+@dataclass(frozen=True, eq=False)
+class PreparedClip:
+    """A clip as the model sees it: input ``tensor`` ``[1, ...]``, ``mask`` bool ``[T, H, W]`` at that
+    resolution, ``action`` bool ``[T]``, the traced run and the class explained."""
+
+    tensor: np.ndarray
+    mask: np.ndarray
+    action: np.ndarray
+    trace: Trace
+    target: int
+
+
+class ModelEvaluator:
+    """Holds what is built once per model: graph, preprocessing, tensor requests, predict function.
+    ``evaluate_model`` drives it; ``saliency_maps`` gives the maps themselves (for inspection)."""
 
     def __init__(self, model: str | Path, options: EvaluationOptions, data_classes: Sequence[str] | None):
         self.options = options
@@ -312,6 +332,10 @@ class _ModelEvaluator:
         gradients_ok = self.explainer.options.method == "gradients"
         if not gradients_ok and "pyramid-gradients" in methods:
             methods.remove("pyramid-gradients")
+        if not head.linear and "pyramid-weights" in methods:
+            # the paper's weights rule reads one linear layer's weights; an MLP head has none to read
+            notices.append(f"pyramid-weights skipped: the classifier head is {head.kind!r}, not linear")
+            methods.remove("pyramid-weights")
         if any(m in methods for m in ("gradcam", "gradcam-frames")):
             problems = check_differentiable(self.graph.model, head.logits, [self.features])
             if problems:
@@ -420,7 +444,8 @@ class _ModelEvaluator:
         if "centre-prior" in self.methods:
             yield _Map("centre-prior", "centre-prior", None, None, centre_prior(size))
 
-    def evaluate_clip(self, clip_index: int, clip: MaskedClip) -> list[ClipScore]:
+    def prepare(self, clip: MaskedClip) -> PreparedClip:
+        """Read the clip as the model sees it, bring its masks along, and run the one traced session."""
         opts = self.options
         loaded = self.explainer.load_clip(clip.source)
         tensor = loaded.tensor
@@ -432,7 +457,6 @@ class _ModelEvaluator:
                 f"clip {clip.name}: the ground-truth mask is empty on every frame the model sees; "
                 "give masks that mark the actor"
             )
-        action = action_frames_of(clip, loaded.frame_indices, mask)
         if clip.label is not None and not 0 <= clip.label < self.num_classes:
             raise ConfigError(
                 f"clip {clip.name}: label {clip.label} is out of range for a model of "
@@ -448,13 +472,39 @@ class _ModelEvaluator:
             score=opts.gradient_score,
             config=opts.runtime,
         )
-        predicted = int(trace.predicted[0])
         if wanted is not None:
             target = wanted
         elif trace.target is not None:
             target = int(trace.target[0])
         else:
-            target = predicted
+            target = int(trace.predicted[0])
+        return PreparedClip(
+            tensor=tensor,
+            mask=mask,
+            action=action_frames_of(clip, loaded.frame_indices, mask),
+            trace=trace,
+            target=target,
+        )
+
+    def saliency_maps(self, clip: MaskedClip, clip_index: int = 0) -> dict[str, np.ndarray]:
+        """Every method's saliency ``[T, H, W]`` at the model input's resolution, by method name."""
+        prepared = self.prepare(clip)
+        return {
+            m.method: m.saliency
+            for m in self.maps(clip_index, prepared.trace, prepared.target, prepared.tensor)
+        }
+
+    def evaluate_clip(self, clip_index: int, clip: MaskedClip) -> list[ClipScore]:
+        opts = self.options
+        prepared = self.prepare(clip)
+        tensor, mask, action, trace, target = (
+            prepared.tensor,
+            prepared.mask,
+            prepared.action,
+            prepared.trace,
+            prepared.target,
+        )
+        predicted = int(trace.predicted[0])
         probability = float(trace.probabilities[0, target])
         mask_fraction = float(mask.mean())
         rows = []
@@ -517,7 +567,7 @@ def evaluate_model(
     if len(data) == 0:
         raise ConfigError("no clips to evaluate: give at least one clip")
     start = time.perf_counter()
-    evaluator = _ModelEvaluator(model, opts, data.class_names)
+    evaluator = ModelEvaluator(model, opts, data.class_names)
     rows: list[ClipScore] = []
     for i, clip in enumerate(data.clips):
         rows.extend(evaluator.evaluate_clip(i, clip))

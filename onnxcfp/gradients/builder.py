@@ -7,6 +7,7 @@ returns the forward outputs, the score and the gradients. Only activations get g
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -140,10 +141,9 @@ def _prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 f"re-export it at opset {MIN_OPSET} or newer"
             ) from exc
         opset = MIN_OPSET
-    try:
+    # Inference only enables the rules' static fast paths; without it they fall back to dynamic forms.
+    with contextlib.suppress(Exception):
         work = shape_inference.infer_shapes(work, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is an optimisation; rules fall back to dynamic forms
-        pass
     return work, opset
 
 
@@ -192,7 +192,9 @@ def add_gradients(
     names = _tensor_names(work)
     missing = [t for t in (logits, *wrt) if t not in names]
     if missing:
-        raise ConfigError(f"tensor(s) {', '.join(map(repr, missing))} not found in the model; check the names")
+        raise ConfigError(
+            f"tensor(s) {', '.join(map(repr, missing))} not found in the model; check the names"
+        )
     ctx = GradContext(work, opset)
     ctx.conv_backward = conv_backward  # type: ignore[attr-defined]
     graph = work.graph
@@ -252,12 +254,17 @@ def add_gradients(
     score_tensor = scores2d
     if score == "probability":
         score_tensor = _free_name(ctx, f"{logits}_softmax")
-        forward_nodes.append(helper.make_node("Softmax", [scores2d], [score_tensor], axis=1, name=score_tensor))
+        forward_nodes.append(
+            helper.make_node("Softmax", [scores2d], [score_tensor], axis=1, name=score_tensor)
+        )
         ctx.set_info(score_tensor, logit_type, shape2d)
     score_out = _free_name(ctx, "target_score")
     ctx.nodes.append(
         helper.make_node(
-            "ReduceSum", [ctx.op("Mul", score_tensor, seed), ctx.ints([1])], [score_out], keepdims=0,
+            "ReduceSum",
+            [ctx.op("Mul", score_tensor, seed), ctx.ints([1])],
+            [score_out],
+            keepdims=0,
             name=score_out,
         )
     )
@@ -287,8 +294,9 @@ def add_gradients(
         gys = [gradient(o) if o in sweep.active else None for o in node.output]
         if all(g is None for g in gys):
             continue
-        if not _has_rule(node) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                      for a in node.attribute):
+        if not _has_rule(node) or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+        ):
             raise _unsupported_node(node, sweep)
         gxs = RULES[node.op_type](ctx, node, gys, need)
         for inp, wanted, gx in zip(node.input, need, gxs, strict=False):

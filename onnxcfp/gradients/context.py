@@ -12,9 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxcfp.errors import UnsupportedOpError
 
-FLOAT_TYPES = frozenset(
-    {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
-)
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 
 # One entry per axis: a number, a symbolic dim name (equal names are equal sizes), or None when unknown.
 StaticShape = tuple[int | str | None, ...]

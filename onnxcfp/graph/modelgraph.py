@@ -122,6 +122,25 @@ class ModelGraph:
         assert self._flow is not None
         return self._flow
 
+    @functools.cached_property
+    def _conv_inputs(self) -> frozenset[str]:
+        return frozenset(layer.input for layer in self.layers)
+
+    def channel_axis(self, tensor: str) -> int:
+        """The axis of ``tensor`` that holds conv channels: 1 for a conv's input (a Conv reads NC... by
+        definition), else followed forward from conv outputs and the video input's layout (e.g. 4 for an
+        ``[N, T, H, W, C]`` tensor of a TF-style head). Raises ``ChannelFlowError`` when no conv channel
+        reaches ``tensor`` along a channel-keeping path."""
+        if tensor in self._conv_inputs:
+            return 1
+        axis = self.flow.channel_axis(tensor)
+        if axis is None:
+            raise ChannelFlowError(
+                f"cannot tell which axis of {tensor!r} holds channels (no conv output reaches it along a"
+                " channel-keeping path); pick a tensor between convs"
+            )
+        return int(axis)
+
     def channel_map(self, tensor: str, residual: str = "branch") -> ChannelMap:
         """For each channel of ``tensor``, the conv output channels it comes from. ``residual="branch"``:
         at a residual Add follow only the addend(s) of greatest conv depth; ``"all"``: every addend.

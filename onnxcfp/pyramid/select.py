@@ -228,20 +228,14 @@ class _Builder:
         self._alpha: dict[str, np.ndarray] = {}
         self._scores: dict[int, _LayerScores] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self.conv_inputs = {layer.input for layer in graph.layers}
         self.channel_axes: dict[str, int] = {}
         self.prev_sorted_keys: np.ndarray = np.zeros(0, np.int64)  # node keys of the level above
 
     # -- pooled vectors -----------------------------------------------------------------------------
     def channel_axis(self, tensor: str) -> int:
-        """Conv inputs are NC...; other tensors (F) may be channels-last: ask the graph's channel flow."""
+        """Conv inputs are NC...; other tensors (F) may be channels-last: the graph knows which axis."""
         if tensor not in self.channel_axes:
-            axis = 1
-            if tensor not in self.conv_inputs:
-                flow = getattr(self.g.graph, "flow", None)
-                found = flow.channel_axis(tensor) if flow is not None else None
-                axis = 1 if found is None else int(found)
-            self.channel_axes[tensor] = axis
+            self.channel_axes[tensor] = self.g.graph.channel_axis(tensor)
         return self.channel_axes[tensor]
 
     def activation(self, tensor: str) -> np.ndarray:

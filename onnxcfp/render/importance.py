@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxcfp.render.writers import write_csv
+from onnxcfp.render.writers import csv_text, write_text
 
 # Distinct line colours (Okabe-Ito, readable by colour-blind viewers).
 PALETTE = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0))
@@ -43,12 +43,17 @@ def importance_chart(curves: Mapping[str, np.ndarray], height: int = 220, width:
     return np.asarray(img)
 
 
-def write_importance_csv(
-    path: str | Path, curves: Mapping[str, np.ndarray], source_frames: Sequence[int] | None = None
-) -> Path:
+def importance_csv_text(curves: Mapping[str, np.ndarray], source_frames: Sequence[int] | None = None) -> str:
     """CSV with columns frame, source_frame (the index in the video), then one column per layer."""
     labels = list(curves)
     n = max([len(c) for c in curves.values()] + [0])
     src = list(source_frames) if source_frames is not None else list(range(n))
     rows = [[t, int(src[t])] + [f"{float(curves[lab][t]):.6g}" for lab in labels] for t in range(n)]
-    return write_csv(path, ["frame", "source_frame", *labels], rows)
+    return csv_text(["frame", "source_frame", *labels], rows)
+
+
+def write_importance_csv(
+    path: str | Path, curves: Mapping[str, np.ndarray], source_frames: Sequence[int] | None = None
+) -> Path:
+    """``importance_csv_text`` written atomically to ``path``."""
+    return write_text(path, importance_csv_text(curves, source_frames))

@@ -48,20 +48,47 @@ class StackGeometry:
         h = self.height + self.shear * self.width + (self.frames - 1) * self.step_y + 2 * self.margin
         return int(np.ceil(h)), int(np.ceil(w))
 
+    def footprint(self, t: int, pad: int = 2) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) canvas pixels that frame t (and its outline) can touch: its four
+        projected corners' bounding box grown by ``pad`` pixels (bilinear edges, outline width),
+        clipped to the canvas."""
+        xs, ys = zip(
+            *(
+                self.project(t, x, y)
+                for x, y in ((0, 0), (self.width, 0), (0, self.height), (self.width, self.height))
+            ),
+            strict=True,
+        )
+        ch, cw = self.canvas_size
+        return (
+            max(0, int(np.floor(min(ys))) - pad),
+            max(0, int(np.floor(min(xs))) - pad),
+            min(ch, int(np.ceil(max(ys))) + pad),
+            min(cw, int(np.ceil(max(xs))) + pad),
+        )
 
-def _warp_frame(frame: np.ndarray, geo: StackGeometry, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB, coverage in [0, 1]) of one frame placed on the canvas."""
+
+def _warp_frame(
+    frame: np.ndarray, geo: StackGeometry, t: int, box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB, coverage in [0, 1]) of one frame placed on the canvas, cut to ``box`` (top, left, bottom,
+    right): pixels outside a frame's footprint are transparent, so only the box is computed."""
     from PIL import Image
 
-    ch, cw = geo.canvas_size
+    top, left, bottom, right = box
     ox, oy = geo.origin(t)
     a, s = geo.squeeze, geo.shear
     rgba = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])
-    # PIL's affine takes the inverse map, canvas (X, Y) -> frame (x, y):
-    # x = (X - ox) / a ; y = Y - oy + s * x.
-    inverse = (1.0 / a, 0.0, -ox / a, s / a, 1.0, -oy - s * ox / a)
+    # PIL's affine takes the inverse map, box pixel (X', Y') = canvas (X' + left, Y' + top) -> frame
+    # (x, y): x = (X - ox) / a ; y = Y - oy + s * x.
+    dx = (left - ox) / a
+    inverse = (1.0 / a, 0.0, dx, s / a, 1.0, top - oy + s * dx)
     warped = Image.fromarray(rgba, "RGBA").transform(
-        (cw, ch), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0, 0)
+        (right - left, bottom - top),
+        Image.Transform.AFFINE,
+        inverse,
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=(0, 0, 0, 0),
     )
     arr = np.asarray(warped)
     return arr[..., :3].astype(np.float32), arr[..., 3:].astype(np.float32) / 255.0
@@ -83,25 +110,35 @@ def tube_stack(
     ch, cw = geo.canvas_size
     canvas = np.empty((ch, cw, 3), np.float32)
     canvas[:] = background
-    edge = np.zeros((h, w, 3), np.uint8)
     # Back to front so nearer frames cover farther ones; the current frame last so it is never covered.
+    # Each frame only changes the canvas inside its footprint, so each blend works on that box alone.
     for t in [*(t for t in range(t_count - 1, -1, -1) if t != current), current]:
-        rgb, cover = _warp_frame(frames[t], geo, t)
+        box = geo.footprint(t)
+        top, left, bottom, right = box
+        region = canvas[top:bottom, left:right]
+        rgb, cover = _warp_frame(frames[t], geo, t, box)
         alpha = cover * (1.0 if t == current else ghost_alpha)
-        canvas = canvas * (1.0 - alpha) + rgb * alpha
+        region *= 1.0 - alpha
+        region += rgb * alpha
         if t != current:
             # A faint outline keeps each translucent frame's extent readable.
-            ring = _outline_mask(edge, geo, t)
-            canvas = canvas * (1.0 - 0.5 * ring) + 90.0 * 0.5 * ring
+            ring = _outline_mask(geo, t, box)
+            region *= 1.0 - 0.5 * ring
+            region += 90.0 * 0.5 * ring
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
-def _outline_mask(blank: np.ndarray, geo: StackGeometry, t: int) -> np.ndarray:
+def _outline_mask(geo: StackGeometry, t: int, box: tuple[int, int, int, int]) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    ch, cw = geo.canvas_size
-    img = Image.new("L", (cw, ch), 0)
-    h, w = blank.shape[:2]
-    corners = [geo.project(t, x, y) for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
+    top, left, bottom, right = box
+    img = Image.new("L", (right - left, bottom - top), 0)
+    corners = [
+        (x - left, y - top)
+        for x, y in (
+            geo.project(t, u, v)
+            for u, v in ((0, 0), (geo.width, 0), (geo.width, geo.height), (0, geo.height))
+        )
+    ]
     ImageDraw.Draw(img).polygon(corners, outline=255)
     return (np.asarray(img, np.float32) / 255.0)[..., None]

@@ -84,7 +84,9 @@ def conv_transpose_adjoint(
     if spatial is not None:
         out_pad = [
             (size + pb + pe - dk) % s
-            for size, pb, pe, dk, s in zip(spatial[2:], win.begin, win.end, win.extent, win.strides, strict=True)
+            for size, pb, pe, dk, s in zip(
+                spatial[2:], win.begin, win.end, win.extent, win.strides, strict=True
+            )
         ]
         return ctx.op(
             "ConvTranspose", gy, w, kernel_shape=list(win.kernel), strides=list(win.strides),
@@ -110,7 +112,9 @@ def conv(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool]) -
     gy = gys[0]
     assert gy is not None
     if any(need[1:]):
-        raise ctx.unsupported(node, "its weights or bias depend on the gradient targets (weights get no gradient)")
+        raise ctx.unsupported(
+            node, "its weights or bias depend on the gradient targets (weights get no gradient)"
+        )
     x, w = node.input[0], node.input[1]
     attrs = node_attrs(node)
     group = int(attrs.get("group", 1))
@@ -137,7 +141,13 @@ def conv(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool]) -
         w_flip = ctx.const(flipped_kernel(w_value, group), hint="conv_wflip")
         pads = [dk - 1 - p for p, dk in zip(win.begin + win.end, win.extent * 2, strict=True)]
         gx = ctx.op(
-            "Conv", gy, w_flip, kernel_shape=list(kernel), dilations=list(win.dilations), group=group, pads=pads
+            "Conv",
+            gy,
+            w_flip,
+            kernel_shape=list(kernel),
+            dilations=list(win.dilations),
+            group=group,
+            pads=pads,
         )
         return [gx, *none]
     return [conv_transpose_adjoint(ctx, node, gy, x, w, win, group), *none]
@@ -149,7 +159,9 @@ def batch_norm(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bo
     assert gy is not None
     attrs = node_attrs(node)
     if int(attrs.get("training_mode", 0)):
-        raise ctx.unsupported(node, "training_mode=1 mixes batch statistics in; export the model in eval mode")
+        raise ctx.unsupported(
+            node, "training_mode=1 mixes batch statistics in; export the model in eval mode"
+        )
     if any(need[1:]):
         raise ctx.unsupported(node, "its scale/bias/statistics depend on the gradient targets")
     x, scale, var = node.input[0], node.input[1], node.input[4]

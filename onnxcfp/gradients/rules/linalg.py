@@ -76,7 +76,9 @@ def matmul(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool])
             col = ctx.op("Squeeze", prod, ctx.ints([-1]))
             out[0] = col if rb == 2 else ctx.op("ReduceSum", col, ctx.ints(list(range(rb - 2))), keepdims=0)
         if need[1]:
-            outer = ctx.op("Mul", ctx.op("Unsqueeze", a, ctx.ints([-1])), ctx.op("Unsqueeze", gy, ctx.ints([-2])))
+            outer = ctx.op(
+                "Mul", ctx.op("Unsqueeze", a, ctx.ints([-1])), ctx.op("Unsqueeze", gy, ctx.ints([-2]))
+            )
             gb_shape = (*sy[:-1], sa[0], sy[-1]) if sy is not None and sa is not None else None
             out[1] = ctx.unbroadcast(outer, y, b, g_shape=gb_shape)
         return out

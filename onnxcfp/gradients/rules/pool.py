@@ -57,8 +57,12 @@ def max_pool(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool
 
 
 def pooled_sizes(
-    sizes: tuple[int, ...], extent: tuple[int, ...], strides: tuple[int, ...],
-    begin: tuple[int, ...], end: tuple[int, ...], ceil: bool,
+    sizes: tuple[int, ...],
+    extent: tuple[int, ...],
+    strides: tuple[int, ...],
+    begin: tuple[int, ...],
+    end: tuple[int, ...],
+    ceil: bool,
 ) -> tuple[int, ...]:
     """Output sizes as onnxruntime computes them. With ceil_mode a last window that would start in the end
     padding is dropped (PyTorch's rule); ONNX shape inference does not drop it, so it is not trusted here."""
@@ -97,7 +101,11 @@ def average_pool(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[
     xs = None
     if full_shape is not None and all(isinstance(d, int) for d in full_shape[2:]):
         xs = (0, 0, *(int(d) for d in full_shape[2:]))  # type: ignore[arg-type]
-    ys = None if xs is None else (0, 0, *pooled_sizes(xs[2:], win.extent, win.strides, win.begin, win.end, ceil))
+    ys = (
+        None
+        if xs is None
+        else (0, 0, *pooled_sizes(xs[2:], win.extent, win.strides, win.begin, win.end, ceil))
+    )
     # r = 1/divisor per output position; uniform 1/∏k unless pads or ceil_mode clip some windows.
     if not padded and not ceil:
         g = gy
@@ -157,7 +165,9 @@ def global_average_pool(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need
     rank = ctx.rank(x)
     if rank is None:
         raise ctx.unsupported(node, "the rank of its input is unknown")
-    count = ctx.op("ReduceProd", ctx.op("Slice", ctx.op("Shape", x), ctx.ints([2]), ctx.ints([rank])), keepdims=0)
+    count = ctx.op(
+        "ReduceProd", ctx.op("Slice", ctx.op("Shape", x), ctx.ints([2]), ctx.ints([rank])), keepdims=0
+    )
     mean_g = ctx.op("Div", gy, ctx.op("Cast", count, to=ctx.dtype(x)))
     return [ctx.op("Expand", mean_g, ctx.shape_of(x))]
 

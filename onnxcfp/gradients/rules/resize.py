@@ -17,8 +17,14 @@ from onnxcfp.gradients.rules.registry import Grads, rule
 
 
 def _probe_matrix(
-    node: onnx.NodeProto, opset: int, rank: int, axis: int, size_in: int, size_out: int,
-    roi: np.ndarray | None, scales: np.ndarray | None,
+    node: onnx.NodeProto,
+    opset: int,
+    rank: int,
+    axis: int,
+    size_in: int,
+    size_out: int,
+    roi: np.ndarray | None,
+    scales: np.ndarray | None,
 ) -> np.ndarray:
     """Mᵀ [size_in, size_out] of the node's interpolation along ``axis`` (basis carried on axis 1)."""
     shape = [1] * rank
@@ -92,7 +98,9 @@ def resize(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool])
     roi, scales = extra[0], extra[1]
     if scales is not None and scales.size == 0:
         scales = None
-    if roi is not None and (roi.size == 0 or attrs.get("coordinate_transformation_mode") != "tf_crop_and_resize"):
+    if roi is not None and (
+        roi.size == 0 or attrs.get("coordinate_transformation_mode") != "tf_crop_and_resize"
+    ):
         roi = None
     rank = len(xs)
     if xs[0] != ys[0] or xs[1] != ys[1]:

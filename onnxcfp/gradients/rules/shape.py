@@ -28,10 +28,10 @@ def index_scatter(ctx: GradContext, node: onnx.NodeProto, gy: str, duplicates: b
     )
     if duplicates:
         ctx.require_opset(SCATTER_ADD_OPSET)
-    flat = ctx.op(
-        "ScatterElements", zeros, ctx.op("Reshape", moved, ctx.ints([-1])), ctx.op("Reshape", gy, ctx.ints([-1])),
-        axis=0, reduction="add" if duplicates else None,
-    )  # fmt: skip
+    flat_moved = ctx.op("Reshape", moved, ctx.ints([-1]))
+    flat_gy = ctx.op("Reshape", gy, ctx.ints([-1]))
+    reduction = "add" if duplicates else None
+    flat = ctx.op("ScatterElements", zeros, flat_moved, flat_gy, axis=0, reduction=reduction)
     return ctx.reshape_like(flat, x)
 
 
@@ -89,7 +89,9 @@ def concat(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool])
     if all(s is not None for s in sizes):
         split = ctx.ints(sizes)  # type: ignore[arg-type]
     else:
-        parts = [ctx.op("Slice", ctx.op("Shape", x), ctx.ints([axis]), ctx.ints([axis + 1])) for x in node.input]
+        parts = [
+            ctx.op("Slice", ctx.op("Shape", x), ctx.ints([axis]), ctx.ints([axis + 1])) for x in node.input
+        ]
         split = ctx.op("Concat", *parts, axis=0)
     pieces = ctx.emit("Split", [gy, split], len(node.input), axis=axis)
     return [p if n else None for p, n in zip(pieces, need, strict=True)]
@@ -140,7 +142,7 @@ def pad(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool]) ->
     pads = node.input[1]
     value = ctx.constant(pads)
     negated = ctx.ints((-value).reshape(-1).tolist()) if value is not None else ctx.op("Neg", pads)
-    extra = [""] + [node.input[3]] if len(node.input) > 3 and node.input[3] else []
+    extra = ["", node.input[3]] if len(node.input) > 3 and node.input[3] else []
     # Negative pads crop, so Pad(gy, −pads) is the exact adjoint even for mixed-sign pads.
     return _first_only(len(node.input), ctx.op("Pad", gy, negated, *extra))
 
