@@ -102,7 +102,8 @@ def child(path: Path, config: str, threads: int) -> None:
     for _ in range(2):
         sess.run(None, {name: x, **extra})
     run_peak = _status_kib("VmHWM")
-    print(json.dumps({"build_peak_kib": build_peak, "run_peak_kib": run_peak, "run_growth_kib": run_peak - before}))
+    figures = {"build_peak_kib": build_peak, "run_peak_kib": run_peak, "run_growth_kib": run_peak - before}
+    print(json.dumps(figures))
 
 
 def measure_memory(path: Path, config: str, threads: int) -> dict:
@@ -171,7 +172,8 @@ def bench(name: str, path: Path, rounds: int, threads: int, do_profile: bool) ->
             f"  {c:10} {n_grads[c]:5d} {n_nodes[c]:5d} {t_min * 1e3:8.1f} {t_min / base_min:5.2f}"
             f" {t_med * 1e3:9.1f} {t_med / base_med:5.2f} {m['build_peak_kib'] / 1024:9.0f}"
             f" {m['run_peak_kib'] / 1024:7.0f} {m['run_peak_kib'] / base_run:5.2f}"
-            f" {m['run_growth_kib'] / 1024:8.1f} {m['run_growth_kib'] / max(base_growth, 1):5.2f} {verdict:>7}"
+            f" {m['run_growth_kib'] / 1024:8.1f} {m['run_growth_kib'] / max(base_growth, 1):5.2f}"
+            f" {verdict:>7}"
         )
     if do_profile:
         for c in ("all_convs", "last_block"):

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from onnxcfp.datasets import make_clips
-from onnxcfp.explain import ExplainOptions, Explainer
+from onnxcfp.explain import Explainer, ExplainOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +64,8 @@ def _case(name: str, model: Path, clip: np.ndarray, repeat: int, profile: bool) 
     with tempfile.TemporaryDirectory() as out:
         result.save(out)  # warm-up: imports, codec start-up
         save_s = _median_seconds(lambda: result.save(out), repeat)
-        files = sorted(Path(out).rglob("*"))
-        size_kb = sum(p.stat().st_size for p in files if p.is_file()) / 1024
+        files = [p for p in Path(out).rglob("*") if p.is_file()]
+        size_kb = sum(p.stat().st_size for p in files) / 1024
         report_kb = (Path(out) / "report.html").stat().st_size / 1024
         if profile:
             prof = cProfile.Profile()
@@ -79,7 +79,7 @@ def _case(name: str, model: Path, clip: np.ndarray, repeat: int, profile: bool) 
     kernels = len(result.tubes) - levels
     print(
         f"{name}: {levels} level tubes + {kernels} kernel tubes, "
-        f"{sum(1 for p in files if p.is_file())} files, {size_kb:.0f} KiB (report.html {report_kb:.0f} KiB)"
+        f"{len(files)} files, {size_kb:.0f} KiB (report.html {report_kb:.0f} KiB)"
     )
     print(f"  explain (median of {repeat}): {explain_s * 1e3:8.0f} ms")
     print(f"  save    (median of {repeat}): {save_s * 1e3:8.0f} ms")

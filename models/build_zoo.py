@@ -614,20 +614,35 @@ def onnx_accuracy(model: onnx.ModelProto, frames: np.ndarray, labels: np.ndarray
 
 
 class TfStyleNet(nn.Module):
-    """The torch twin of the helper-built NTHWC model (used to train its weights): three convs with ReLU,
-    global mean, one dense layer. tf2onnx folds BN into conv bias, so there is no BN here."""
+    """The torch twin of the helper-built NTHWC model (used to train its weights): three Conv-BN-ReLU,
+    global mean, one dense layer. As tf2onnx does with Keras BatchNormalization after Conv3D, the ONNX
+    file gets the BN folded into each conv's weight and bias (without BN this plain net idled at chance)."""
 
     def __init__(self, k: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(CHANNELS, 16, (3, 5, 5), (2, 4, 4), (1, 2, 2))
         self.conv2 = nn.Conv3d(16, 32, 3, (1, 2, 2), 1)
         self.conv3 = nn.Conv3d(32, 32, 3, 1, 1)
+        self.bn1, self.bn2, self.bn3 = nn.BatchNorm3d(16), nn.BatchNorm3d(32), nn.BatchNorm3d(32)
         self.dense = nn.Linear(32, k)
         self.head_kind, self.num_classes, self.feature_channels = "matmul", k, 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = torch.relu(self.bn2(self.conv2(h)))
+        h = torch.relu(self.bn3(self.conv3(h)))
         return self.dense(h.mean(dim=(2, 3, 4)))
+
+    def folded_convs(self) -> list[tuple[nn.Conv3d, np.ndarray, np.ndarray]]:
+        """(conv, weight, bias), eval-mode BN folded in: y = g (conv(x) + b - m) / sqrt(v + eps) + beta."""
+        folded = []
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy().astype(np.float64)
+            weight = conv.weight.detach().numpy().astype(np.float64) * scale[:, None, None, None, None]
+            bias = (conv.bias.detach().numpy() - bn.running_mean.detach().numpy()) * scale
+            bias = bias + bn.bias.detach().numpy()
+            folded.append((conv, weight.astype(np.float32), bias.astype(np.float32)))
+        return folded
 
 
 def tf_style_declared(net: TfStyleNet) -> dict:
@@ -642,10 +657,10 @@ def build_tf_style_onnx(net: TfStyleNet) -> onnx.ModelProto:
     to_ncthw, to_nthwc = [0, 4, 1, 2, 3], [0, 2, 3, 4, 1]
     nodes, inits = [], []
     x = "input_1"
-    for i, conv in enumerate((net.conv1, net.conv2, net.conv3), start=1):
+    for i, (conv, weight, bias) in enumerate(net.folded_convs(), start=1):
         prefix = f"model/conv3d_{i}"
-        w = numpy_helper.from_array(conv.weight.detach().numpy().astype(np.float32), f"{prefix}/kernel")
-        b = numpy_helper.from_array(conv.bias.detach().numpy().astype(np.float32), f"{prefix}/bias")
+        w = numpy_helper.from_array(weight, f"{prefix}/kernel")
+        b = numpy_helper.from_array(bias, f"{prefix}/bias")
         inits += [w, b]
         pads = [int(p) for p in conv.padding]
         nodes += [

@@ -44,7 +44,8 @@ def conv_configs(draw):
     return dims, group, cin, cout, kernel, strides, dil, auto_pad, pads, sizes, batch
 
 
-def _conv_model(cfg, seed: int, dynamic: bool = False):
+def _conv_model(cfg, seed: int, symbolic: str = "none"):
+    """symbolic: "none" (static shape), "batch" (symbolic N, as exporters write), "spatial" (N, sizes)."""
     dims, group, cin, cout, kernel, strides, dil, auto_pad, pads, sizes, batch = cfg
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((cout, cin // group, *kernel)).astype(np.float32)
@@ -54,7 +55,11 @@ def _conv_model(cfg, seed: int, dynamic: bool = False):
     else:
         attrs["auto_pad"] = auto_pad
     shape = [batch, cin, *sizes]
-    decl = ["N", cin, *[f"s{i}" for i in range(dims)]] if dynamic else shape
+    decl = {
+        "none": shape,
+        "batch": ["N", *shape[1:]],
+        "spatial": ["N", cin, *[f"s{i}" for i in range(dims)]],
+    }[symbolic]
     model = make_model(
         [helper.make_node("Conv", ["x", "W"], ["y"], **attrs)],
         [("x", np.float32, decl)], "y", [numpy_helper.from_array(w, "W")],
@@ -69,12 +74,12 @@ def test_conv_matches_fd(cfg, rule):
     check_input_grad(model, x, eps=1.0, tol=1e-4, conv_backward=rule)
 
 
-@settings(max_examples=8, deadline=None)
-@given(cfg=conv_configs())
-def test_conv_dynamic_spatial_dims_matches_fd(cfg):
-    if cfg[7] in ("SAME_UPPER", "SAME_LOWER") and any(s > 1 for s in cfg[5]):
+@settings(max_examples=10, deadline=None)
+@given(cfg=conv_configs(), symbolic=st.sampled_from(["batch", "spatial"]))
+def test_conv_symbolic_dims_matches_fd(cfg, symbolic):
+    if symbolic == "spatial" and cfg[7] in ("SAME_UPPER", "SAME_LOWER") and any(s > 1 for s in cfg[5]):
         cfg = (*cfg[:7], "NOTSET", *cfg[8:])  # SAME with stride > 1 needs static sizes (refused)
-    model, x = _conv_model(cfg, seed=2, dynamic=True)
+    model, x = _conv_model(cfg, seed=2, symbolic=symbolic)
     check_input_grad(model, x, eps=1.0, tol=1e-4, conv_backward="transpose")
 
 
@@ -100,6 +105,11 @@ def test_stride1_constant_weights_use_forward_conv_and_strided_use_convtranspose
     ops2 = [n.op_type for n in add_gradients(_conv_model(cfg2, 0)[0], "y", ["x"], "weights").model.graph.node]
     assert ops1.count("Conv") == 2 and "ConvTranspose" not in ops1
     assert ops2.count("ConvTranspose") == 1
+    # a symbolic batch still gets the exact-size ConvTranspose (static spatial sizes decide output_padding),
+    # not the dynamic full transpose + Pad + Slice
+    gg = add_gradients(_conv_model(cfg2, 0, symbolic="batch")[0], "y", ["x"], "weights")
+    backward = [n.op_type for n in gg.model.graph.node if n.name.startswith("grad/")]
+    assert backward.count("ConvTranspose") == 1 and "Slice" not in backward and "Pad" not in backward
 
 
 def test_batchnorm_inference_matches_fd():

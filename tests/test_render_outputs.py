@@ -145,7 +145,8 @@ def test_render_explanation_writes_everything_and_escapes_names(tmp_path):
     )
     names = {p.relative_to(tmp_path).as_posix() for p in res.files}
     assert {"report.html", "pyramid.json", "pyramid.png", "importance.png", "importance.csv"} <= names
-    assert any(n.endswith(".gif") for n in names) and any(n.startswith("stack_") for n in names)
+    assert {"level1.gif", "stack_level1.png"} <= names  # short stable names; the label stays inside
+    assert not any(n.startswith("kernels/") for n in names)  # kernel files only with kernel_videos
     assert json.loads((tmp_path / "pyramid.json").read_text()) == _toy_pyramid()
     imp = res.importance["level 1 <c2>"]
     assert imp.sum() == pytest.approx(1.0) and imp[:4].sum() < 0.2  # the mass sits in frames 4..7
@@ -155,4 +156,5 @@ def test_render_explanation_writes_everything_and_escapes_names(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert evil not in page and "<b>" not in page and "<c2>" not in page
     assert "&lt;script&gt;" in page  # the title, escaped by the server side
+    assert "level 1 \\u003cc2\\u003e" in page  # the descriptive label is inside the report
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page

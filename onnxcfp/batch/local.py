@@ -1,8 +1,11 @@
 """Local mode: worker processes that each hold one pipeline state (one Explainer, one session), fed by the
 main process, which decodes clips ahead of them into a bounded prefetch queue.
 
-Each worker has its own task queue and gets one clip at a time, so the main process always knows which
-clip a worker holds: when a worker dies, that clip alone is retried (bounded) and the worker replaced."""
+Each worker has its own pair of pipes (tasks in, results out) and gets one clip at a time, so the main
+process always knows which clip a worker holds: when a worker dies, that clip alone is retried (bounded) and
+the worker replaced. No channel is shared between workers: a worker killed in the middle of a write (SIGKILL,
+OOM killer) cannot leave a lock held or a message torn for the others, as a shared multiprocessing.Queue
+would."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +67,8 @@ class _DecodeFailed:
 def _worker_main(
     pipeline: ClipPipeline,
     wid: int,
-    tasks: Any,
-    results: Any,
+    tasks: Connection,
+    results: Connection,
     out_root: str,
     fingerprint: Mapping[str, Any],
 ) -> None:
@@ -74,26 +78,30 @@ def _worker_main(
     try:
         worker_state(pipeline)
     except BaseException as err:
-        results.put(("init_error", wid, one_line(err)))
+        results.send(("init_error", wid, one_line(err)))
         return
-    results.put(("ready", wid, os.getpid()))
+    results.send(("ready", wid, os.getpid()))
     idle_since = time.perf_counter()
     while True:
-        msg = tasks.get()
+        try:
+            msg = tasks.recv()
+        except EOFError:  # the main process is gone
+            return
         if msg is None:
             return
         job, decoded, attempts = msg
         started = time.perf_counter()
         summary = explain_one(pipeline, job, Path(out_root), fingerprint, decoded=decoded, attempts=attempts)
         busy = time.perf_counter() - started
-        results.put(("done", wid, job.index, summary, busy, started - idle_since))
+        results.send(("done", wid, job.index, summary, busy, started - idle_since))
         idle_since = time.perf_counter()
 
 
 @dataclass
 class _Slot:
     process: Any
-    tasks: Any
+    tasks: Connection  # main -> worker
+    results: Connection  # worker -> main
     ready: bool = False
     pid: int | None = None
     current: tuple[ClipJob, Any, int] | None = None  # job, decoded payload, attempt number
@@ -120,7 +128,6 @@ def run_local(
         return LocalStats(workers, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0)
 
     ctx = mp.get_context("spawn")  # no fork with a live decoder thread and onnxruntime thread pools
-    results = ctx.Queue()
     stop = threading.Event()
     decoded_q: queue.Queue[tuple[ClipJob, Any, float]] = queue.Queue(maxsize=prefetch)
     decode_total = [0.0]
@@ -153,13 +160,11 @@ def run_local(
     thread_env[WORKER_THREADS_VAR] = os.environ.get(WORKER_THREADS_VAR, threads)
 
     def start_worker(wid: int) -> None:
-        # A Queue, not a SimpleQueue: put() hands the clip to a feeder thread, so the dispatcher never
-        # blocks on a pipe whose reader just died; cancel_join_thread so exit never waits on that feeder.
-        tasks = ctx.Queue()
-        tasks.cancel_join_thread()
+        task_r, task_w = ctx.Pipe(duplex=False)
+        result_r, result_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_worker_main,
-            args=(pipeline, wid, tasks, results, str(out_root), dict(fingerprint)),
+            args=(pipeline, wid, task_r, result_w, str(out_root), dict(fingerprint)),
             name=f"onnxcfp-batch-{wid}",
             daemon=True,
         )
@@ -173,7 +178,10 @@ def run_local(
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        slots[wid] = _Slot(process=proc, tasks=tasks)
+        # Keep only our ends: a dead worker then shows as EOF on its results and EPIPE on its tasks.
+        task_r.close()
+        result_w.close()
+        slots[wid] = _Slot(process=proc, tasks=task_w, results=result_r)
 
     decoder = threading.Thread(target=decode_ahead, name="onnxcfp-decode-ahead", daemon=True)
     retry: deque[tuple[ClipJob, Any, int]] = deque()
@@ -217,6 +225,14 @@ def run_local(
             if job is not None:
                 finish(job, summary)
 
+    def drain(slot: _Slot) -> None:
+        """Handle every message waiting on a worker's results pipe (none block)."""
+        try:
+            while not slot.results.closed and slot.results.poll():
+                handle(slot.results.recv())
+        except (EOFError, OSError):
+            pass  # the worker is gone; step 3 sees it dead
+
     try:
         for wid in range(workers):
             start_worker(wid)
@@ -241,30 +257,27 @@ def run_local(
                     item = (job, payload, 1)
                 slot = idle.pop()
                 slot.current = item
-                slot.tasks.put(item)
+                with contextlib.suppress(OSError):  # it died: step 3 retries the clip it was given
+                    slot.tasks.send(item)
             # 2. Wait for a result. If workers are idle only because nothing is decoded yet, that wait is
             #    decode starvation; block briefly so a newly decoded clip is dispatched quickly.
             hungry = len(idle) if (idle and not stopping and not retry and n_taken < len(jobs)) else 0
             t0 = time.perf_counter()
-            try:
-                msg = results.get(timeout=_POLL_S if hungry or first_ready is None else 0.25)
-            except queue.Empty:
-                msg = None
+            waitables: list[Any] = [s.results for s in slots.values()]
+            waitables += [s.process.sentinel for s in slots.values()]
+            wait(waitables, timeout=_POLL_S if hungry else 0.5)
             if hungry and first_ready is not None:
                 starved += hungry * (time.perf_counter() - t0)
-            if msg is not None:
-                handle(msg)
+            for slot in list(slots.values()):
+                drain(slot)
             # 3. A worker that died loses only the clip it held: retry it (bounded), replace the worker.
             for wid, slot in list(slots.items()):
                 if slot.process.is_alive():
                     continue
                 slot.process.join()
-                # Its last result may still be in flight: read everything before judging what it held.
-                while True:
-                    try:
-                        handle(results.get(timeout=0.05))
-                    except queue.Empty:
-                        break
+                drain(slot)  # its last result may have arrived with its death
+                slot.tasks.close()
+                slot.results.close()
                 del slots[wid]
                 if slot.current is not None:
                     job, payload, attempt = slot.current
@@ -295,8 +308,8 @@ def run_local(
         raise
     stop.set()
     for slot in slots.values():
-        with contextlib.suppress(Exception):
-            slot.tasks.put(None)
+        with contextlib.suppress(OSError):
+            slot.tasks.send(None)
     for slot in slots.values():
         slot.process.join(timeout=5)
     _terminate(slots)

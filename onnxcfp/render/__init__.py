@@ -42,6 +42,8 @@ __all__ = [
     "apply_colormap",
     "blend",
     "colormap_lut",
+    "kernel_file_stems",
+    "level_file_stems",
     "overlay_tube",
     "pyramid_figure",
     "render_explanation",
@@ -220,6 +222,9 @@ def _fit(frames: np.ndarray, max_side: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BILINEAR)) for f in frames])
 
 
+MP4S_PER_PROCESS = 16  # bounds the frames one ffmpeg process buffers while splitting its input
+
+
 def _start_videos(
     batch: AtomicBatch, videos: Sequence[tuple[Path, np.ndarray]], fps: float
 ) -> list[PendingMp4s]:
@@ -229,9 +234,6 @@ def _start_videos(
         PendingMp4s([(batch.temp_path(path), f) for path, f in videos[i : i + MP4S_PER_PROCESS]], fps)
         for i in range(0, len(videos), MP4S_PER_PROCESS)
     ]
-
-
-MP4S_PER_PROCESS = 16  # bounds the frames one ffmpeg process buffers while splitting its input
 
 
 def render_explanation(
@@ -286,20 +288,21 @@ def render_explanation(
         for t in kernel_tubes:
             assert t.node is not None
             kernel_overlays[t.node] = overlay_tube(frames, t.volume, opts.alpha, opts.colormap)[0]
-    wants_gif = "gif" in fmt or "report" in fmt
-    # One palette for the clip and its overlays: colours agree across GIFs and the lookup table is
-    # filled once. The level overlays sample the colours every tube blends (frame + colour map).
-    palette = GifPalette.from_images([frames, *(o for o, _ in overlays)]) if wants_gif else None
 
     batch = AtomicBatch()
     encoders: list[PendingMp4s] = []
     written: list[Path] = []
     try:
-        if "mp4" in fmt:
+        if "mp4" in fmt:  # first, so that ffmpeg encodes while everything else is drawn
             videos = [(out / f"{stem}.mp4", o) for stem, (o, _) in zip(level_stems, overlays, strict=True)]
             videos += [(out / "kernels" / f"{kernel_stems[n]}.mp4", o) for n, o in kernel_overlays.items()]
             encoders = _start_videos(batch, videos, opts.fps)
             written += [path for path, _ in videos]
+        # One palette for the clip and its overlays: colours agree across GIFs and the lookup table is
+        # filled once. The level overlays sample the colours every tube blends (frame + colour map).
+        palette = None
+        if "gif" in fmt or "report" in fmt:
+            palette = GifPalette.from_images([frames, *(o for o, _ in overlays)])
         file_gifs: dict[str, bytes] = {}
         if "gif" in fmt:
             for stem, (overlaid, _) in zip(level_stems, overlays, strict=True):

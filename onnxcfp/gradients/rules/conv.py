@@ -78,15 +78,16 @@ def conv_transpose_adjoint(
 ) -> str:
     """Rule A: ConvTranspose(gy, w) whose output has exactly X's shape (static or dynamic)."""
     n = len(win.kernel)
-    spatial = ctx.static_shape(x)
     if win.begin is None or win.end is None:
         raise ctx.unsupported(node, "auto_pad SAME with stride > 1 needs static spatial sizes")
-    if spatial is not None:
+    # Only the spatial sizes decide output_padding: a symbolic batch (every exported video model has one)
+    # keeps the single exact-size ConvTranspose instead of the larger transpose + Pad + Slice below.
+    shape = ctx.shape(x)
+    spatial = shape[2:] if shape is not None and len(shape) == n + 2 else None
+    if spatial is not None and all(isinstance(d, int) for d in spatial):
         out_pad = [
-            (size + pb + pe - dk) % s
-            for size, pb, pe, dk, s in zip(
-                spatial[2:], win.begin, win.end, win.extent, win.strides, strict=True
-            )
+            (int(size) + pb + pe - dk) % s  # type: ignore[arg-type]
+            for size, pb, pe, dk, s in zip(spatial, win.begin, win.end, win.extent, win.strides, strict=True)
         ]
         return ctx.op(
             "ConvTranspose", gy, w, kernel_shape=list(win.kernel), strides=list(win.strides),
