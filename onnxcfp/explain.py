@@ -62,6 +62,7 @@ class ExplainOptions:
     score: str = "logit"
     normalise: str = "max"
     device: str = "auto"
+    threads: int | None = None  # onnxruntime intra-op threads (None: onnxruntime's default, all cores)
     kernel_tubes: bool = True
     fill: str = "none"
     formats: frozenset[str] = DEFAULT_FORMATS
@@ -77,8 +78,8 @@ class ExplainOptions:
             )
 
     def fingerprint(self) -> dict[str, Any]:
-        """The options as JSON-able values (formats sorted)."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The options that decide the outputs, as JSON-able values (formats sorted; threads left out)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "threads"}
         out["formats"] = sorted(self.formats)
         return out
 
@@ -196,7 +197,7 @@ class Explainer:
         self.request = pyramid_tensors(
             self.graph, self.options.depth, self.options.method, self.options.residual
         )
-        self.config = RuntimeConfig(provider=self.options.device)
+        self.config = RuntimeConfig(provider=self.options.device, intra_threads=self.options.threads)
 
     def _preprocessing_from_graph(self) -> Preprocessing:
         """Without a card: resize to the model's static H×W and T, inputs scaled to [0, 1]."""

@@ -143,3 +143,38 @@ def test_real_explainer_on_dask_matches_local(client, tmp_path: Path) -> None:
         for key in ta.files:
             assert ta[key].shape == tb[key].shape
             np.testing.assert_allclose(ta[key], tb[key], atol=1e-6, rtol=0)
+
+
+def test_ctrl_c_cancels_outstanding_futures_and_keeps_finished_clips(client, tmp_path: Path) -> None:
+    import _thread
+
+    from onnxcfp.batch import discover_clips, verify_clip_folder
+
+    n = 12
+    _clips(tmp_path / "in", n)
+    out = tmp_path / "out"
+    pipe = FakePipeline(tag="ctrl-c", sleep=0.3)
+    timer = threading.Timer(0.9, _thread.interrupt_main)  # Ctrl-C, as the main thread receives it
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        batch_explain(pipe, tmp_path / "in", out, client=client, progress=False)
+    timer.join()
+    time.sleep(0.5)  # tasks already running when cancelled finish (Dask does not kill them): let them land
+    assert not [t for t in client.processing().values() if t]  # nothing left queued or running
+    folders = {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert 1 <= len(folders) < n
+    for name in folders:  # whatever landed is complete
+        (job,) = discover_clips([tmp_path / "in" / name])
+        assert verify_clip_folder(out / name, job, pipe.fingerprint()) is not None
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["finished"] is False and doc["interrupted"] is True
+    assert {c["clip"] for c in doc["clips"]} <= folders
+
+
+def test_scheduler_strings_are_checked() -> None:
+    from onnxcfp.batch.on_dask import connect
+    from onnxcfp.errors import ConfigError
+
+    for bad in ("local:0", "local:x"):
+        with pytest.raises(ConfigError, match="local:N"), connect(bad):
+            pass

@@ -194,10 +194,11 @@ class ExplainerPipeline:
     def build(self) -> Any:
         from onnxcfp.explain import Explainer
 
-        explainer = Explainer(self.model, self.options)
         threads = os.environ.get(WORKER_THREADS_VAR)
-        if threads and hasattr(explainer, "config") and getattr(explainer.config, "intra_threads", 0) is None:
-            explainer.config = replace(explainer.config, intra_threads=int(threads))
+        options = self.options
+        if threads and options.threads is None:  # N workers sharing the cores: each gets its share
+            options = replace(options, threads=int(threads))
+        explainer = Explainer(self.model, options)
         return explainer
 
     def decode(self, job: ClipJob) -> Any:

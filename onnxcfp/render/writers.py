@@ -223,15 +223,18 @@ class GifPalette:
             self._table[new] = self._nearest(centres)
         return self._table[keys].astype(np.uint8)
 
-    def _nearest(self, points: np.ndarray, chunk: int = 16384) -> np.ndarray:
-        """Index of the nearest palette colour (Euclidean RGB) of each ``[N, 3]`` point."""
+    def _nearest(self, points: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """Index of the nearest palette colour (Euclidean RGB) of each ``[N, 3]`` point. Plain
+        broadcasting over the 3 channels, not a matrix product: that would go through BLAS, whose
+        threads can stall for tens of milliseconds on a busy machine."""
         pal = self.colours.astype(np.float32)
-        pal_sq = (pal**2).sum(axis=1)
         out = np.empty(len(points), dtype=np.int16)
         for start in range(0, len(points), chunk):
             p = points[start : start + chunk]
-            # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 is the same for every c, so it is left out.
-            out[start : start + chunk] = np.argmin(pal_sq[None, :] - 2.0 * (p @ pal.T), axis=1)
+            dist = (p[:, None, 0] - pal[None, :, 0]) ** 2
+            dist += (p[:, None, 1] - pal[None, :, 1]) ** 2
+            dist += (p[:, None, 2] - pal[None, :, 2]) ** 2
+            out[start : start + chunk] = np.argmin(dist, axis=1)
         return out
 
 
