@@ -57,9 +57,11 @@ def test_every_method_scores_every_clip_with_finite_numbers_in_range(result) -> 
     expected = {"gradcam", "gradcam-frames", "occlusion", "random-tube", "centre-prior"}
     expected |= {f"{k} L{lv}" for k in ("cfp-gradients", "cfp-weights") for lv in (1, 2, 3)}
     expected |= {f"random-ch/{k} L{lv}" for k in ("gradients", "weights") for lv in (1, 2, 3)}
-    assert set(result.methods) == expected
+    # a deeper level can be empty on a clip (no kept children): its row is then missing for that clip
+    deeper = {m for m in expected if m.endswith(("L2", "L3"))}
+    assert expected - deeper <= set(result.methods) <= expected
     for s in result.summary():
-        assert s.n == 3, s.method
+        assert s.n == 3 or (s.method in deeper and 1 <= s.n < 3), (s.method, s.n)
         for metric in METRICS:
             assert 0.0 <= s.mean[metric] <= 1.0, (s.method, metric, s.mean[metric])
             assert np.isfinite(s.std[metric])
@@ -259,3 +261,31 @@ def test_paired_comparison_and_summary_on_known_rows() -> None:
     assert np.isnan(a.mean["temporal_auroc"])  # undefined everywhere: NaN, not a made-up number
     table = markdown_summary(res).splitlines()
     assert len(table) == 4 and table[2].startswith("| a | 10 | 0.580±")
+
+
+def test_random_subset_tube_on_a_hand_made_level() -> None:
+    """Tensor "a" keeps all 3 of its channels with equal weights, so any same-size subset is the whole
+    tensor and the tube must be the plain channel sum; tensor "b" keeps none, so it adds nothing."""
+    from types import SimpleNamespace
+
+    from onnxcfp.evaluate import random_subset_tube
+    from onnxcfp.pyramid import Level
+    from onnxcfp.trace import Trace
+
+    rng = np.random.default_rng(0)
+    a = rng.random((1, 3, 2, 4, 4)).astype(np.float32)
+    b = rng.random((1, 5, 2, 4, 4)).astype(np.float32)
+    empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0)
+    level = Level(
+        level=2, tensors=("a", "b"), shapes={"a": (2, 4, 4), "b": (2, 4, 4)}, node_layer=(),
+        node_channel=empty_i, node_score=empty_f, node_relevance=empty_f, edge_child=empty_i,
+        edge_parent=empty_i, edge_parent_level=empty_i, edge_score=empty_f,
+        entry_tensor=np.zeros(3, np.int64), entry_channel=np.arange(3), entry_weight=np.full(3, 0.5),
+        at_node=empty_i, at_entry=empty_i,
+    )  # fmt: skip
+    trace = Trace(logits=np.zeros((1, 2), np.float32), activations={"a": a, "b": b})
+    pyramid = SimpleNamespace(channel_axes={}, clip=0)
+    tube = random_subset_tube(pyramid, level, trace, "relevance", seed=1)  # type: ignore[arg-type]
+    assert (tube.num_channels, tube.tensor_channels) == (3, 8)
+    expected = normalise01(resize_volume(a[0].sum(axis=0), (4, 8, 8)))
+    np.testing.assert_allclose(tube.to_clip((4, 8, 8)), expected, atol=1e-5)

@@ -56,7 +56,10 @@ def test_zoo_model_exposed_tensors_match_reference(path):
         plain = plain_ort(onnx.load(path), {vin.name: one})
         ref = reference(graph.model, [logits_name, *tensors], {vin.name: one})
         if logits_name == onnx.load(path).graph.output[0].name:
-            assert np.abs(trace.logits[i : i + 1] - plain[0].reshape(1, -1)).max() <= 1e-5
+            # 1e-5 relative to the logits' scale: trained logits reach ~50, where one float32 ulp is 4e-6
+            # and exposing tensors changes which kernels onnxruntime fuses (so the summation order).
+            want = plain[0].reshape(1, -1)
+            assert np.abs(trace.logits[i : i + 1] - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
         assert_close_to_reference(trace.logits[i : i + 1], ref[logits_name].reshape(1, -1), "logits")
         for name in tensors:
             assert_close_to_reference(trace.activations[name][i : i + 1], ref[name], name)

@@ -247,6 +247,10 @@ def random_subset_tube(pyramid: Pyramid, level: Level, trace: Trace, kind: str, 
         x = clip_channels(traced(trace, tensor), pyramid.clip, n_clips, axis)
         channels, weights = level.channels_of(tensor)
         unique, inverse = np.unique(channels, return_inverse=True)
+        if unique.size == 0:  # the level lists the tensor but keeps none of its channels: a zero part,
+            parts.append(np.zeros(x.shape[1:]))  # as in level_tubes
+            total += int(x.shape[0])
+            continue
         drawn = random_channels(x.shape[0], unique.size, _seed(seed, t_index))
         if kind == "relevance":
             coef = np.bincount(inverse, weights=weights, minlength=unique.size)[rng.permutation(unique.size)]

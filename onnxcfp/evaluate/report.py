@@ -96,10 +96,15 @@ _TOP = 46
 _BOTTOM = 26
 
 
+def _px(value: float, x0: int, top: float, plot_w: int) -> int:
+    """x pixel of ``value`` on a panel whose axis runs 0..top over ``plot_w`` pixels from ``x0``."""
+    return x0 + round(min(max(value, 0.0), top) / top * plot_w)
+
+
 def bar_chart(result: EvaluationResult, summary: tuple[MethodSummary, ...] | None = None) -> np.ndarray:
     """uint8 RGB image ``[H, W, 3]``: one panel per metric, one horizontal bar per method (its mean over
-    clips; the whisker is ± one standard deviation), all panels on a 0..1 axis (every metric is in
-    [0, 1]). Bars are coloured by method family."""
+    clips; the whisker is ± one standard deviation), each panel on its own 0..top axis (top ≤ 1: every
+    metric is in [0, 1]). Bars are coloured by method family."""
     from PIL import Image, ImageDraw, ImageFont
 
     summary = summary if summary is not None else result.summary()
@@ -128,21 +133,29 @@ def bar_chart(result: EvaluationResult, summary: tuple[MethodSummary, ...] | Non
         plot_w = _PANEL - 16
         arrow = "(higher better)" if HIGHER_IS_BETTER[metric] else "(lower better)"
         draw.text((x0, _TOP - 14), f"{METRIC_TITLES[metric]} {arrow}", fill=(0, 0, 0), font=font)
-        for tick in (0.0, 0.5, 1.0):  # light grid and axis labels
-            x = x0 + round(tick * plot_w)
+        # each panel's axis runs 0..top, top the largest mean + std rounded up to a tenth (energy in a
+        # small mask stays far below 1, and would be invisible on a 0..1 axis)
+        highs = [s.mean[metric] + s.std[metric] for s in summary if not math.isnan(s.mean[metric])]
+        top = min(1.0, max(0.1, math.ceil(max(highs, default=1.0) * 10 - 1e-9) / 10))
+        for tick in (0.0, top / 2, top):  # light grid and axis labels
+            x = x0 + round(tick / top * plot_w)
             draw.line([(x, _TOP), (x, height - _BOTTOM)], fill=(225, 225, 225))
-            draw.text((x - 6, height - _BOTTOM + 4), f"{tick:g}", fill=(80, 80, 80), font=font)
+            label = f"{tick:.2g}"
+            draw.text(
+                (x - (0 if tick == 0 else 4 * len(label)), height - _BOTTOM + 4),
+                label,
+                fill=(80, 80, 80),
+                font=font,
+            )
         for i, s in enumerate(summary):
             mean, std = s.mean[metric], s.std[metric]
             if math.isnan(mean):
                 continue
             y = _TOP + i * _ROW
             colour = FAMILY_COLOURS.get(s.family, (100, 100, 100))
-            draw.rectangle(
-                [x0, y + 3, x0 + round(min(max(mean, 0.0), 1.0) * plot_w), y + _ROW - 3], fill=colour
-            )
-            lo = x0 + round(min(max(mean - std, 0.0), 1.0) * plot_w)
-            hi = x0 + round(min(max(mean + std, 0.0), 1.0) * plot_w)
+
+            draw.rectangle([x0, y + 3, _px(mean, x0, top, plot_w), y + _ROW - 3], fill=colour)
+            lo, hi = _px(mean - std, x0, top, plot_w), _px(mean + std, x0, top, plot_w)
             mid = y + _ROW // 2
             draw.line([(lo, mid), (hi, mid)], fill=(0, 0, 0))
             draw.line([(lo, mid - 3), (lo, mid + 3)], fill=(0, 0, 0))
