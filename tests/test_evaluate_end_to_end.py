@@ -289,3 +289,16 @@ def test_random_subset_tube_on_a_hand_made_level() -> None:
     assert (tube.num_channels, tube.tensor_channels) == (3, 8)
     expected = normalise01(resize_volume(a[0].sum(axis=0), (4, 8, 8)))
     np.testing.assert_allclose(tube.to_clip((4, 8, 8)), expected, atol=1e-5)
+
+
+def test_table_order_does_not_depend_on_which_clip_came_first() -> None:
+    rows = [_row("c0", m, 0.5, 0.5) for m in ("cfp-gradients L1", "gradcam", "random-tube")]
+    rows += [_row("c1", m, 0.5, 0.5) for m in ("cfp-gradients L3", "random-ch/gradients L1", "centre-prior")]
+    res = EvaluationResult(
+        model="m.onnx", data="hand-made", options=FAST, rows=tuple(rows), gradient_score="logit",
+        curve_score="probability", target_rule="true label", accuracy=1.0, seconds=0.0,
+    )  # fmt: skip
+    assert res.methods == (
+        "cfp-gradients L1", "cfp-gradients L3", "random-ch/gradients L1", "gradcam", "random-tube",
+        "centre-prior",
+    )  # fmt: skip

@@ -46,7 +46,7 @@ from onnxcfp.explain import Explainer, ExplainOptions
 from onnxcfp.gradients import check_differentiable
 from onnxcfp.pyramid import Level, Pyramid, SaliencyTube, build_pyramid, level_tubes, pyramid_tensors
 from onnxcfp.pyramid.features import clip_channels, pooled, traced
-from onnxcfp.pyramid.tubes import _combine
+from onnxcfp.pyramid.tubes import combine_parts
 from onnxcfp.runtime import RuntimeConfig, run
 from onnxcfp.trace import Trace
 from onnxcfp.volume import normalise01, resize_volume
@@ -182,8 +182,10 @@ class EvaluationResult:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """Method names in table order (the order rows were first produced)."""
-        return tuple(dict.fromkeys(r.method for r in self.rows))
+        """Method names in table order: each pyramid method's levels followed by their random channel
+        subsets, then the other families in FAMILIES order (a level missing on the first clip keeps its
+        place)."""
+        return tuple(sorted(dict.fromkeys(r.method for r in self.rows), key=_table_key))
 
     def scores(self, method: str, metric: str) -> np.ndarray:
         return np.array([r.metric(metric) for r in self.rows if r.method == method], dtype=np.float64)
@@ -228,6 +230,16 @@ class EvaluationResult:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _table_key(method: str) -> tuple[int, int, int, int]:
+    """Sort key of a method name ("cfp-gradients L2", "random-ch/weights L1", "gradcam", ...)."""
+    name, _, level = method.partition(" L")
+    for i, kind in enumerate(PYRAMID_METHODS):
+        if name in (f"cfp-{kind}", f"random-ch/{kind}"):
+            return (0, i, int(name.startswith("random-ch")), int(level) if level.isdigit() else 0)
+    # whole-map methods are named after their family
+    return (1, FAMILIES.index(name) if name in FAMILIES else len(FAMILIES), 0, 0)
+
+
 def _seed(*parts: int) -> int:
     """A 32-bit seed from several integers (each clip/level/tensor draws independently)."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
@@ -267,7 +279,7 @@ def random_subset_tube(pyramid: Pyramid, level: Level, trace: Trace, kind: str, 
     return SaliencyTube(
         label=f"level {level.level} random channels ({used}/{total})",
         level=level.level,
-        volume=normalise01(_combine(parts, rectify)),
+        volume=normalise01(combine_parts(parts, rectify)),
         tensors=level.tensors,
         node=None,
         parts=tuple(p.astype(np.float32) for p in parts) if len(parts) > 1 else (),

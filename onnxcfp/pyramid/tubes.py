@@ -17,7 +17,7 @@ def _finest(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
     return tuple(max(s[i] for s in shapes) for i in range(len(shapes[0])))
 
 
-def _combine(parts: list[np.ndarray], rectify: bool) -> np.ndarray:
+def combine_parts(parts: list[np.ndarray], rectify: bool) -> np.ndarray:
     """Maps of several tensors on the finest grid among them, added (ReLU after adding for Grad-CAM)."""
     grid = _finest([p.shape for p in parts])
     acc = np.zeros(grid, np.float64)
@@ -67,7 +67,7 @@ def level_tubes(pyramid: Pyramid, trace: Trace, kind: str | None = None) -> list
             parts.append(part)
             used, total = used + n, total + c
         rectify = kind == "gradcam"
-        volume = normalise01(_combine(parts, rectify))
+        volume = normalise01(combine_parts(parts, rectify))
         shape = "x".join(map(str, volume.shape))
         tubes.append(
             SaliencyTube(
@@ -92,7 +92,7 @@ def kernel_tube(
     appears in unless ``level`` is given)."""
     node = pyramid.node(layer, channel, level)
     parts = [_view(pyramid, trace, t)[j].astype(np.float64) for t, j in node.at]
-    volume = normalise01(_combine(parts, rectify=False))
+    volume = normalise01(combine_parts(parts, rectify=False))
     return SaliencyTube(
         label=f"{node.id} level {node.level}",
         level=node.level,
