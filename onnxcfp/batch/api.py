@@ -194,6 +194,13 @@ def batch_explain(
             if bar is not None:
                 bar.stop()
             remove_leftovers(out_root)
+            # A worker may have published a clip whose summary had not reached us yet: its folder is
+            # complete (verified against its manifest), so the summary lists it too.
+            for job in to_run:
+                if job.index not in writer.rows:
+                    published = verify_clip_folder(out_root / job.name, job, fingerprint)
+                    if published is not None:
+                        writer.rows[job.index] = published
             writer.write(finished=False, extra={"interrupted": True})
         raise
     finally:
