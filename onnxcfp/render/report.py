@@ -12,7 +12,7 @@ from typing import Any
 
 from onnxcfp.render.writers import json_for_script
 
-_PLACEHOLDER = re.compile(r"\{\{(TITLE|DATA)\}\}")
+_TEMPLATE_SLOT = re.compile(r"\{\{(TITLE|DATA)\}\}")
 
 
 def load_template() -> str:
@@ -21,9 +21,9 @@ def load_template() -> str:
 
 def report_html(title: str, data: Mapping[str, Any]) -> str:
     """The page for ``data`` (see ``build_report_data`` in ``onnxcfp.render``). One substitution pass,
-    so text inside the data can never be mistaken for a placeholder."""
+    so text inside the data can never be mistaken for a template slot."""
     values = {"TITLE": html.escape(title, quote=True), "DATA": json_for_script(data)}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], load_template())
+    return _TEMPLATE_SLOT.sub(lambda m: values[m.group(1)], load_template())
 
 
 def trim_pyramid(pyramid: Mapping[str, Any], max_nodes_per_level: int) -> dict[str, Any]:
