@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import run_times
 
 from onnxcfp.datasets import make_clips
 from onnxcfp.evaluate import saliency_curves, saliency_order
@@ -49,12 +53,7 @@ def tiny_model() -> bytes:
 
 
 def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(run_times(fn, repeats))
 
 
 def main() -> None:

@@ -20,14 +20,10 @@ NAME and prints where their time goes, by op type, forward vs backward section.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,6 +33,8 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _timing import child_json, interleaved_times, reset_peak_rss, status_kib  # noqa: E402
 
 from onnxcfp.gradients import add_gradients  # noqa: E402
 from onnxcfp.graph import load_graph  # noqa: E402
@@ -77,15 +75,6 @@ def session(model: onnx.ModelProto, threads: int, profile_prefix: str | None = N
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _status_kib(field: str) -> int:
-    """A /proc/self/status field in KiB (VmHWM: peak RSS of this process image, not inherited via fork)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(path: Path, config: str, threads: int) -> None:
     """Runs in a fresh process: build one configuration's session, run it twice, print RSS figures."""
     model = onnx.load(str(path))
@@ -93,23 +82,17 @@ def child(path: Path, config: str, threads: int) -> None:
     run_model, extra, _ = model_for(model, config)
     sess = session(run_model, threads)
     del model, run_model
-    build_peak = _status_kib("VmHWM")
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # protobuf copies freed after the build go back to the OS
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM: the next peak is the runs' own
-        f.write("5")
+    build_peak = status_kib("VmHWM")
+    before = reset_peak_rss()
     for _ in range(2):
         sess.run(None, {name: x, **extra})
-    run_peak = _status_kib("VmHWM")
+    run_peak = status_kib("VmHWM")
     figures = {"build_peak_kib": build_peak, "run_peak_kib": run_peak, "run_growth_kib": run_peak - before}
     print(json.dumps(figures))
 
 
 def measure_memory(path: Path, config: str, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(path), "--config", config, "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return child_json(__file__, ["--child", str(path), "--config", config, "--threads", str(threads)])
 
 
 def profile(model: onnx.ModelProto, config: str, threads: int, label: str) -> None:
@@ -147,14 +130,9 @@ def bench(name: str, path: Path, rounds: int, threads: int, do_profile: bool) ->
         n_nodes[c] = len(run_model.graph.node)
         sessions[c] = session(run_model, threads)
         feeds[c] = {input_name: x, **extra}
-        for _ in range(2):
-            sessions[c].run(None, feeds[c])
-    times: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    for _ in range(rounds):
-        for c in CONFIGS:  # interleaved, so load from the other users of the machine hits all alike
-            t0 = time.perf_counter()
-            sessions[c].run(None, feeds[c])
-            times[c].append(time.perf_counter() - t0)
+    times = interleaved_times(
+        {c: lambda c=c: sessions[c].run(None, feeds[c]) for c in CONFIGS}, rounds, warmup=2
+    )
     sessions.clear()
     mem = {c: measure_memory(path, c, threads) for c in CONFIGS}
     print(f"\n{name}  input {list(x.shape)}")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import run_times
 from r3d import build_r3d50
 
 from onnxcfp.graph import load_graph
@@ -25,13 +25,7 @@ from onnxcfp.runtime import RuntimeConfig, run
 
 
 def best(fn, repeats: int) -> float:
-    fn()  # warm-up: session creation and caches
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(run_times(fn, repeats, warmup=1))  # warm-up: session creation and caches
 
 
 def main() -> None:

@@ -23,13 +23,16 @@ import importlib.util
 import io
 import pstats
 import statistics
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import run_times
 
 from onnxcfp.datasets import make_clips
 from onnxcfp.explain import Explainer, ExplainOptions
@@ -38,12 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(run_times(fn, repeat))
 
 
 def _r3d18_path(folder: Path) -> Path:

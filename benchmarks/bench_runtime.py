@@ -18,14 +18,10 @@ Targets: depth3 <= 1.1x time and <= 1.5x memory.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,55 +29,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _timing import child_json, interleaved_times, reset_peak_rss, status_kib  # noqa: E402
+
 from onnxcfp import runtime  # noqa: E402
+from onnxcfp.graph import load_graph  # noqa: E402
 from onnxcfp.graph.modelgraph import ModelGraph  # noqa: E402
+from onnxcfp.pyramid import pyramid_tensors  # noqa: E402
 from onnxcfp.runtime import RuntimeConfig  # noqa: E402
 
 CONFIGS = ("plain", "depth3", "allconv", "d3+grad")
 
 
-def load(path: Path) -> ModelGraph:
-    try:
-        from onnxcfp.graph import load_graph
-    except ImportError:
-        from onnxcfp.graph.modelgraph import load_graph
-    return load_graph(path)
-
-
 def depth_tensors(graph: ModelGraph, depth: int = 3) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Activations a ``depth``-level pyramid reads: the pyramid engineer's ``pyramid_tensors`` when it
-    exists, else F plus the inputs of the convs reached in depth-1 back-steps through the channel flow
-    (residual="branch"; depthwise steps pass through without counting, as pyramid.md says)."""
-    try:
-        from onnxcfp.pyramid import pyramid_tensors
-
-        request = pyramid_tensors(graph, depth, "gradients", "branch")
-        return tuple(request.activations), tuple(request.gradients)
-    except ImportError:
-        pass
-    assert graph.head is not None, graph.problems
-    by_name = {layer.name: layer for layer in graph.layers}
-
-    def producers(tensor: str) -> set[str]:
-        return set(graph.channel_map(tensor, "branch").by_layer())
-
-    tensors = [graph.head.features]
-    frontier = producers(graph.head.features)
-    steps = 0
-    seen: set[str] = set()
-    while frontier and steps < depth - 1:
-        counted = False
-        nxt: set[str] = set()
-        for name in sorted(frontier - seen):
-            seen.add(name)
-            layer = by_name[name]
-            tensors.append(layer.input)
-            counted |= not layer.is_depthwise
-            nxt |= producers(layer.input)
-        steps += counted
-        frontier = nxt
-    unique = tuple(dict.fromkeys(tensors))
-    return unique, unique
+    """(activations, gradients) a ``depth``-level gradients-method pyramid reads."""
+    request = pyramid_tensors(graph, depth, "gradients", "branch")
+    return tuple(request.activations), tuple(request.gradients)
 
 
 Request = tuple[tuple[str, ...], tuple[str, ...]]  # (activations, gradients)
@@ -106,62 +68,35 @@ def clip_for(graph: ModelGraph) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def _status_kib(field: str) -> int:
-    """A /proc/self/status memory field in KiB. VmHWM (peak RSS) belongs to this process image; unlike
-    ru_maxrss it does not inherit the parent's peak across fork+exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(path: Path, config: str, threads: int) -> None:
     """Runs in a fresh process: build one session, run it, print peak RSS figures as JSON."""
-    graph = load(path)
+    graph = load_graph(path)
     x = clip_for(graph)
     cfg = RuntimeConfig(provider="cpu", intra_threads=threads)
     request = config_tensors(graph, config)
     runtime.prepare_session(graph, request[0], request[1], config=cfg)
-    build_peak = _status_kib("VmHWM")
-    # hand the protobuf copies freed after the build back to the OS, or the runs reuse those pages
-    # and their growth hides
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM: the next peak is the runs' own
-        f.write("5")
+    build_peak = status_kib("VmHWM")
+    before = reset_peak_rss()
     for _ in range(2):
         run_config(graph, x, request, cfg)
-    run_peak = _status_kib("VmHWM")
+    run_peak = status_kib("VmHWM")
     print(json.dumps({"peak_kib": max(build_peak, run_peak), "run_peak_kib": run_peak,
                       "before_run_kib": before, "run_growth_kib": run_peak - before}))
 
 
 def measure_memory(path: Path, config: str, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(path), "--config", config, "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return child_json(__file__, ["--child", str(path), "--config", config, "--threads", str(threads)])
 
 
 def measure_time(graph: ModelGraph, rounds: int, threads: int) -> dict[str, list[float]]:
     cfg = RuntimeConfig(provider="cpu", intra_threads=threads)
     x = clip_for(graph)
     sets = {c: config_tensors(graph, c) for c in CONFIGS}
-    for c in CONFIGS:  # build + warm up every session before timing any
-        for _ in range(2):
-            run_config(graph, x, sets[c], cfg)
-    times: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    for _ in range(rounds):
-        for c in CONFIGS:  # interleaved so machine noise hits all three alike
-            t0 = time.perf_counter()
-            run_config(graph, x, sets[c], cfg)
-            times[c].append(time.perf_counter() - t0)
-    return times
+    return interleaved_times({c: lambda c=c: run_config(graph, x, sets[c], cfg) for c in CONFIGS}, rounds)
 
 
 def bench(name: str, path: Path, rounds: int, threads: int) -> None:
-    graph = load(path)
+    graph = load_graph(path)
     sets = {c: config_tensors(graph, c) for c in CONFIGS}
     shape = tuple(1 if not isinstance(d, int) else d for d in graph.video_input.shape)
     times = measure_time(graph, rounds, threads)

@@ -22,23 +22,28 @@ import numpy as np
 from onnxcfp.errors import ConfigError, ModelLoadError
 from onnxcfp.gradients import check_differentiable
 from onnxcfp.graph import load_graph
-from onnxcfp.pyramid import Pyramid, SaliencyTube, build_pyramid, kernel_tube, level_tubes, pyramid_tensors
+from onnxcfp.pyramid import (
+    Pyramid,
+    SaliencyTube,
+    build_pyramid,
+    check_pyramid_options,
+    kernel_tube,
+    level_tubes,
+    pyramid_tensors,
+)
 from onnxcfp.render import (
     DEFAULT_FORMATS,
-    FORMATS,
     Prediction,
     RenderedExplanation,
     RenderOptions,
     render_explanation,
 )
 from onnxcfp.render.writers import write_json
-from onnxcfp.runtime import RuntimeConfig, run
+from onnxcfp.runtime import CLASS_SCORES, RuntimeConfig, run
 from onnxcfp.trace import Trace
-from onnxcfp.video import Clip, Preprocessing, read_clip
+from onnxcfp.video import FILL_MODES, Clip, Preprocessing, read_clip
 
 log = logging.getLogger(__name__)
-
-METHODS = ("gradients", "weights")
 
 
 @dataclass(frozen=True)
@@ -69,13 +74,32 @@ class ExplainOptions:
     colormap: str = "viridis"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        unknown = set(self.formats) - FORMATS
-        if unknown:
-            raise ConfigError(
-                f"unknown output formats {sorted(unknown)}: choose from {', '.join(sorted(FORMATS))}"
-            )
+        # Every value is checked here, by the stage that owns it, so a bad option fails before a model is
+        # loaded or a batch starts (not once per clip).
+        check_pyramid_options(
+            depth=self.depth,
+            method=self.method,
+            residual=self.residual,
+            tube=self.tube,
+            normalise=self.normalise,
+            theta=self.theta,
+            top_n=self.top_n,
+        )
+        if self.score not in CLASS_SCORES:
+            raise ConfigError(f"score={self.score!r} is not one of {', '.join(map(repr, CLASS_SCORES))}")
+        if self.fill not in FILL_MODES:
+            raise ConfigError(f"fill={self.fill!r} is not one of {', '.join(map(repr, FILL_MODES))}")
+        self.runtime_config()
+        self.render_options()
+
+    def runtime_config(self) -> RuntimeConfig:
+        """The session settings these options ask for (validates ``device`` and ``threads``)."""
+        return RuntimeConfig(provider=self.device, intra_threads=self.threads)
+
+    def render_options(self, formats: Sequence[str] | None = None) -> RenderOptions:
+        """The render settings (validates ``formats`` and ``colormap``); ``formats`` overrides ours."""
+        chosen = frozenset(formats) if formats is not None else self.formats
+        return RenderOptions(formats=chosen, colormap=self.colormap)
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that decide the outputs, as JSON-able values (formats sorted; threads left out)."""
@@ -143,14 +167,13 @@ class Explanation:
         self, out_dir: str | Path, formats: Sequence[str] | None = None, *, compat_json: bool = False
     ) -> RenderedExplanation:
         """Write the outputs (each file atomically) under ``out_dir``; ``formats`` ⊆ render.FORMATS."""
-        chosen = frozenset(formats) if formats is not None else self.options.formats
         rendered = render_explanation(
             out_dir,
             self.clip.overlay_frames,
             self.tubes,
             self.pyramid.to_json(),
             self.prediction,
-            options=RenderOptions(formats=chosen, colormap=self.options.colormap),
+            options=self.options.render_options(formats),
             clip_source=self.clip.source,
             model_source=self.model_source,
             source_frames=[int(i) for i in self.clip.frame_indices],
@@ -186,6 +209,7 @@ class Explainer:
         )
         names = class_names if class_names is not None else (card or {}).get("classes")
         self.class_names: tuple[str, ...] | None = tuple(names) if names else None
+        self.resolve_label(self.options.label)  # a bad label fails here, not once per clip of a batch
         self.notices: tuple[str, ...] = ()
         if self.options.method == "gradients":
             problems = self._gradient_problems()
@@ -197,7 +221,7 @@ class Explainer:
         self.request = pyramid_tensors(
             self.graph, self.options.depth, self.options.method, self.options.residual
         )
-        self.config = RuntimeConfig(provider=self.options.device, intra_threads=self.options.threads)
+        self.config = self.options.runtime_config()
 
     def _preprocessing_from_graph(self) -> Preprocessing:
         """Without a card: resize to the model's static H×W and T, inputs scaled to [0, 1]."""

@@ -222,13 +222,14 @@ def regress(
     """Check every model of the zoo folder against its golden explanations (or rewrite them)."""
     zoo, golden = Path(zoo_dir), Path(golden_dir)
     if not zoo.is_dir():
-        raise ConfigError(
-            f"zoo folder {zoo} does not exist: pass the folder holding the .onnx files and cards"
-        )
+        problem = "is a file" if zoo.exists() else "does not exist"
+        raise ConfigError(f"zoo folder {zoo} {problem}: pass the folder holding the .onnx files and cards")
     cards = list_models(zoo)
     if not cards:
         raise ConfigError(f"no model cards (*.json beside *.onnx) in {zoo}")
     if not update and not golden.is_dir():
+        if golden.exists():
+            raise ConfigError(f"golden folder {golden} is a file: pass the folder of golden explanations")
         raise ConfigError(f"golden folder {golden} does not exist: create it with --update")
     tol = tolerances or Tolerances()
     checks = tuple(check_model(card, golden, update, tol) for card in cards)

@@ -28,7 +28,8 @@ from onnxcfp.trace import Trace
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("auto", "cpu", "cuda")
-SCORES = ("logit", "probability", "weights")
+CLASS_SCORES = ("logit", "probability")  # what a target class index is explained by
+SCORES = (*CLASS_SCORES, "weights")  # "weights": the target is a vector of per-class weights
 _OPTIMIZATION_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

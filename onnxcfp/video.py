@@ -107,16 +107,6 @@ class Preprocessing:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    @classmethod
-    def from_card_file(cls, path: str | Path, **overrides: Any) -> Preprocessing:
-        import json
-
-        try:
-            card = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read model card {path}: {_one_line(exc)}") from exc
-        return cls.from_card(card, **overrides)
-
     def with_options(self, **overrides: Any) -> Preprocessing:
         """A copy with the given fields changed (None values ignored), validated again."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

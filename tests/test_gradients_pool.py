@@ -7,7 +7,8 @@ linear, so step 1.0 in float32 (tolerance 1e-4)."""
 from __future__ import annotations
 
 import numpy as np
-from _gradcheck import check_input_grad, make_model
+import onnx
+from _gradcheck import check_input_grad, make_model, session
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import helper
@@ -126,3 +127,109 @@ def test_global_pools_match_fd():
     gmp = helper.make_node("GlobalMaxPool", ["x"], ["y"])
     model = make_model([gmp], [("x", np.float32, [2, 3, 2, 3, 4])], "y", opset=13)
     check_input_grad(model, _tie_free([2, 3, 2, 3, 4], 7).astype(np.float32), eps=1e-3, tol=1e-3)
+
+
+# ---- the separable-argmax MaxPool gradient: tie-break and shapes ------------------------------------------
+
+
+def _naive_first_max_grad(x: np.ndarray, gy: np.ndarray, kernel, strides, dil, pads) -> np.ndarray:
+    """Independent restatement: every output adds its gradient to its window's first maximum in raster order
+    (strict '>' while scanning the window's real elements; padding is skipped, so it never wins)."""
+    n = len(kernel)
+    gx = np.zeros_like(x, dtype=np.float64)
+    for nc in np.ndindex(*x.shape[:2]):
+        for out in np.ndindex(*gy.shape[2:]):
+            best, where = -np.inf, None
+            for offs in np.ndindex(*kernel):
+                at = tuple(
+                    o * s - pads[i] + f * d
+                    for i, (o, s, f, d) in enumerate(zip(out, strides, offs, dil, strict=True))
+                )
+                if all(0 <= a < x.shape[2 + i] for i, a in enumerate(at)) and (
+                    where is None or x[nc + at] > best
+                ):
+                    best, where = x[nc + at], at
+            assert where is not None and len(where) == n
+            gx[nc + where] += gy[nc + out]
+    return gx
+
+
+def _pool_grad(model, x: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, int]:
+    """d Σ r⊙y / dx from add_gradients, and how many MaxPool nodes the augmented model holds."""
+    gg = add_gradients(model, "y", ["x"], "weights")
+    sess = session(gg.model)
+    grad = sess.run([gg.grad_outputs["x"]], {"x": x, gg.target_input: r.reshape(r.shape[0], -1)})[0]
+    return grad, sum(n.op_type == "MaxPool" for n in gg.model.graph.node)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cfg=pool_configs(allow_dilation=True),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 9),
+)
+def test_maxpool_ties_match_indices_rule_exactly(cfg, dtype, seed):
+    """Data drawn from 3 values (ties in nearly every window); gradients of integer weights are exact sums,
+    so the separable path, the Indices path and the naive restatement must agree bit for bit."""
+    _dims, kernel, strides, dil, pads, ceil, sizes = cfg
+    shape = [2, 2, *sizes]
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, size=shape).astype(dtype)
+    attrs = dict(kernel_shape=kernel, strides=strides, dilations=dil, pads=pads, ceil_mode=ceil)
+    separable = make_model([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], [("x", dtype, shape)], "y")
+    indexed = make_model(
+        [helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)], [("x", dtype, shape)], "y"
+    )
+    y = session(separable).run(["y"], {"x": x})[0]
+    r = (rng.integers(1, 4, size=y.shape) * rng.choice([-1, 1], size=y.shape)).astype(dtype)  # never 0
+    g_sep, pools_sep = _pool_grad(separable, x, r)
+    g_idx, pools_idx = _pool_grad(indexed, x, r)
+    assert pools_sep == 1 and pools_idx == 1  # neither recomputed the pool with Indices
+    np.testing.assert_array_equal(g_sep, g_idx)
+    if not ceil:  # the restatement has no ceil_mode windows
+        np.testing.assert_array_equal(g_sep, _naive_first_max_grad(x, r, kernel, strides, dil, pads))
+
+
+def test_maxpool_separable_dynamic_batch_and_channels():
+    node = helper.make_node(
+        "MaxPool", ["x"], ["y"], kernel_shape=[3, 2, 3], strides=[1, 2, 2], pads=[1, 0, 1, 1, 1, 0]
+    )
+    model = make_model([node], [("x", np.float64, ["N", "C", 4, 5, 6])], "y")
+    ops = [n.op_type for n in add_gradients(model, "y", ["x"], "weights").model.graph.node]
+    assert ops.count("MaxPool") == 1 and "ScatterElements" in ops
+    check_input_grad(model, _tie_free([2, 3, 4, 5, 6], 8), eps=1e-3, tol=1e-8)
+
+
+def test_maxpool_dynamic_spatial_falls_back_to_indices():
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    model = make_model([node], [("x", np.float64, [1, 2, "H", "W"])], "y")
+    assert [n.op_type for n in add_gradients(model, "y", ["x"], "weights").model.graph.node].count(
+        "MaxPool"
+    ) == 2
+    check_input_grad(model, _tie_free([1, 2, 5, 4], 9), eps=1e-3, tol=1e-8)
+
+
+def test_maxpool_ceil_mode_window_past_the_pads_and_kernel_one():
+    # ceil_mode adds a last window that reaches one element past the input: the rule widens the -inf padding.
+    ceil = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 3, 2], strides=[2, 2, 2], ceil_mode=1)
+    model = make_model([ceil], [("x", np.float64, [1, 2, 5, 5, 3])], "y")
+    assert session(model).run(["y"], {"x": _tie_free([1, 2, 5, 5, 3], 10)})[0].shape == (1, 2, 3, 2, 2)
+    check_input_grad(model, _tie_free([1, 2, 5, 5, 3], 10), eps=1e-3, tol=1e-8)
+    # A 1-element window with a stride is a strided pick: its positions never leave build-time constants.
+    pick = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[1, 1], strides=[2, 3])
+    model = make_model([pick], [("x", np.float64, [2, 2, 5, 7])], "y")
+    check_input_grad(model, _tie_free([2, 2, 5, 7], 11), eps=1e-3, tol=1e-8)
+
+
+def test_maxpool_half_precision_keeps_the_indices_rule():
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, None)],
+    )  # fmt: skip
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    )
+    assert [n.op_type for n in add_gradients(model, "y", ["x"], "weights").model.graph.node].count(
+        "MaxPool"
+    ) == 2

@@ -126,6 +126,8 @@ def batch_explain(
         raise ConfigError(f"model must be an ONNX path or a ClipPipeline, not {type(model).__name__}")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: use 1 or more worker processes")
+    if max_retries < 0:
+        raise ConfigError(f"--retries {max_retries}: use 0 or more extra attempts")
     out_root = Path(out)
     if out_root.exists() and not out_root.is_dir():
         raise ConfigError(f"output {out_root} is a file: give a folder for the batch's outputs")

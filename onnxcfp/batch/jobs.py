@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from onnxcfp.errors import ConfigError
+from onnxcfp.errors import ConfigError, OnnxcfpError
 from onnxcfp.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 ARRAY_SUFFIXES = frozenset({".npy"})
@@ -73,8 +73,6 @@ class ClipSummary:
 
 def one_line(err: BaseException) -> str:
     """An error as one line: its type (unless it is one of ours, whose message already says what to do)."""
-    from onnxcfp.errors import OnnxcfpError
-
     text = " ".join(str(err).split()) or "no message"
     return text if isinstance(err, OnnxcfpError) else f"{type(err).__name__}: {text}"
 

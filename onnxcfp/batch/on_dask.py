@@ -71,8 +71,11 @@ def connect(scheduler: str) -> Iterator[Any]:
         return
     try:
         client = distributed.Client(scheduler, timeout="30s")
-    except (OSError, TimeoutError) as err:
-        raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(err)}") from err
+    except (OSError, TimeoutError, ValueError) as err:  # ValueError: not an address at all
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {scheduler} ({one_line(err)}): "
+            "give tcp://host:port or local:N"
+        ) from err
     try:
         yield client
     finally:

@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from onnxcfp.batch.jobs import ClipJob, ClipSummary, one_line
 from onnxcfp.batch.store import new_temp_dir, publish, sha256_file, write_manifest
+from onnxcfp.errors import ModelLoadError
 
 
 @runtime_checkable
@@ -164,7 +165,6 @@ class ExplainerPipeline:
 
     @classmethod
     def create(cls, model: str | Path, options: Any = None) -> ExplainerPipeline:
-        from onnxcfp.errors import ModelLoadError
         from onnxcfp.explain import ExplainOptions
 
         path = Path(model).resolve()

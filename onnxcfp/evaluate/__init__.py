@@ -6,7 +6,7 @@ writes the results."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,9 +61,6 @@ class SaliencyScores:
     temporal_auroc: float
     deletion_auc: float | None = None
     insertion_auc: float | None = None
-
-    def as_dict(self) -> dict[str, float | None]:
-        return asdict(self)
 
 
 def score_saliency(

@@ -45,9 +45,9 @@ from onnxcfp.evaluate.localisation import auroc, energy_in_mask, frame_mass, poi
 from onnxcfp.explain import Explainer, ExplainOptions
 from onnxcfp.gradients import check_differentiable
 from onnxcfp.pyramid import Level, Pyramid, SaliencyTube, build_pyramid, level_tubes, pyramid_tensors
-from onnxcfp.pyramid.features import clip_channels, pooled, traced
-from onnxcfp.pyramid.tubes import combine_parts
-from onnxcfp.runtime import RuntimeConfig, run
+from onnxcfp.pyramid.features import clip_channels, pooled
+from onnxcfp.pyramid.tubes import level_tube_of_parts, tensor_view
+from onnxcfp.runtime import CLASS_SCORES, RuntimeConfig, run
 from onnxcfp.trace import Trace
 from onnxcfp.volume import normalise01, resize_volume
 
@@ -62,7 +62,6 @@ FAMILIES = (
     "random-tube",
     "centre-prior",
 )
-GRADIENT_FAMILIES = frozenset({"pyramid-gradients", "gradcam", "gradcam-frames"})
 METRICS = ("energy", "pointing", "temporal_auroc", "deletion_auc", "insertion_auc")
 HIGHER_IS_BETTER = {
     "energy": True,
@@ -101,7 +100,7 @@ class EvaluationOptions:
         unknown = [m for m in self.methods if m not in FAMILIES]
         if unknown or not self.methods:
             raise ConfigError(f"unknown or no methods {unknown or []}: choose from {', '.join(FAMILIES)}")
-        if self.gradient_score not in ("logit", "probability"):
+        if self.gradient_score not in CLASS_SCORES:
             raise ConfigError(f"gradient_score must be 'logit' or 'probability', not {self.gradient_score!r}")
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
@@ -250,13 +249,11 @@ def random_subset_tube(pyramid: Pyramid, level: Level, trace: Trace, kind: str, 
     channels as the level keeps there, drawn uniformly; the level's own coefficients (relevance weights
     for "relevance", multiplicities for "sum") are shuffled onto them, so only the CHOICE of channels
     differs; for "gradcam" the drawn channels' own pooled gradients weight them."""
-    n_clips = int(trace.logits.shape[0])
     parts: list[np.ndarray] = []
     used = total = 0
     rng = np.random.default_rng(seed)
     for t_index, tensor in enumerate(level.tensors):
-        axis = int(pyramid.channel_axes.get(tensor, 1))
-        x = clip_channels(traced(trace, tensor), pyramid.clip, n_clips, axis)
+        x = tensor_view(pyramid, trace, tensor)
         channels, weights = level.channels_of(tensor)
         unique, inverse = np.unique(channels, return_inverse=True)
         if unique.size == 0:  # the level lists the tensor but keeps none of its channels: a zero part,
@@ -271,22 +268,11 @@ def random_subset_tube(pyramid: Pyramid, level: Level, trace: Trace, kind: str, 
                 rng.permutation(unique.size)
             ]
         else:
-            grad = clip_channels(traced(trace, tensor, gradient=True), pyramid.clip, n_clips, axis)
+            grad = tensor_view(pyramid, trace, tensor, gradient=True)
             coef = pooled(grad)[drawn]
         parts.append(np.tensordot(coef, x[drawn].astype(np.float64), axes=(0, 0)))
         used, total = used + int(unique.size), total + int(x.shape[0])
-    rectify = kind == "gradcam"
-    return SaliencyTube(
-        label=f"level {level.level} random channels ({used}/{total})",
-        level=level.level,
-        volume=normalise01(combine_parts(parts, rectify)),
-        tensors=level.tensors,
-        node=None,
-        parts=tuple(p.astype(np.float32) for p in parts) if len(parts) > 1 else (),
-        rectify=rectify,
-        num_channels=used,
-        tensor_channels=total,
-    )
+    return level_tube_of_parts(level, parts, "random channels", used, total, rectify=kind == "gradcam")
 
 
 @dataclass(frozen=True)

@@ -103,10 +103,6 @@ class ModelGraph:
                     splits.setdefault(node.input[0], None)
         return GraphStructure(tuple(adds), tuple(concats), tuple(splits))
 
-    def layer_by_output(self, tensor: str) -> ConvLayer | None:
-        """The conv writing ``tensor``, if any."""
-        return next((layer for layer in self.layers if layer.output == tensor), None)
-
     @property
     def flow(self) -> ChannelFlow:
         """The channel-flow tracer (built on first use for hand-made ``ModelGraph`` objects)."""

@@ -17,13 +17,9 @@ from onnxcfp.errors import ConfigError, GradientCheckError
 from onnxcfp.graph.layers import ConvLayer
 from onnxcfp.graph.modelgraph import ModelGraph
 from onnxcfp.pyramid.features import clip_channels, pooled, traced
+from onnxcfp.pyramid.options import check_pyramid_options
 from onnxcfp.pyramid.types import LayerInfo, Level, Pyramid, TensorRequest
 from onnxcfp.trace import Trace
-
-METHODS = ("weights", "gradients")
-RESIDUALS = ("branch", "all")
-NORMALISE = ("max", "original")
-TUBES = ("relevance", "sum", "gradcam")
 
 _KEY = np.int64(1) << 32  # node key = layer position * _KEY + channel
 
@@ -47,11 +43,6 @@ _MEAN_LINEAR_HEAD_OPS = frozenset(
         "Conv",
     }
 )
-
-
-def _check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
 @dataclass(frozen=True)
@@ -121,12 +112,7 @@ def pyramid_tensors(
     """The minimal tensors a pyramid of ``depth`` levels can need, whatever the clip: F, and the input
     of every conv that a back-step can reach (activations; gradients too for ``method="gradients"`` and
     for ``tube="gradcam"``)."""
-    _check_choice("method", method, METHODS)
-    _check_choice("residual", residual, RESIDUALS)
-    _check_choice("tube", tube, TUBES)
-    _check_choice("normalise", normalise, NORMALISE)
-    if not isinstance(depth, int) or depth < 1:
-        raise ConfigError(f"depth={depth!r} must be an integer >= 1")
+    check_pyramid_options(depth=depth, method=method, residual=residual, tube=tube, normalise=normalise)
     if graph.head is None:
         raise ConfigError("the model has no classifier head; a pyramid starts at the class scores")
     g = _Graph(graph, residual)
@@ -486,20 +472,16 @@ def build_pyramid(
     ``top_n`` keeps, per parent, only the n kept children with the highest score; with ``top_n_level``
     only when selecting that level (1 = the class level), as the original's ``topN_inL`` option.
     """
-    _check_choice("method", method, METHODS)
-    _check_choice("residual", residual, RESIDUALS)
-    _check_choice("normalise", normalise, NORMALISE)
-    _check_choice("tube", tube, TUBES)
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ConfigError(f"depth={depth!r} must be an integer >= 1")
-    if not isinstance(theta, (int, float)) or not 0.0 <= float(theta) <= 1.0:
-        raise ConfigError(f"theta={theta!r} must be a number in [0, 1]")
-    if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
-        raise ConfigError(f"top_n={top_n!r} must be a positive integer or None")
-    if top_n_level is not None and (not isinstance(top_n_level, int) or not 1 <= top_n_level <= depth):
-        raise ConfigError(f"top_n_level={top_n_level!r} must be a level in 1..{depth} or None")
-    if normalise == "original" and method != "weights":
-        raise ConfigError("normalise='original' reproduces the authors' weights method; use method='weights'")
+    check_pyramid_options(
+        depth=depth,
+        method=method,
+        residual=residual,
+        tube=tube,
+        normalise=normalise,
+        theta=theta,
+        top_n=top_n,
+        top_n_level=top_n_level,
+    )
     if graph.head is None:
         raise ConfigError("the model has no classifier head; a pyramid starts at the class scores")
     num_clips = int(trace.logits.shape[0])

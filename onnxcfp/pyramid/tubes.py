@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcfp.errors import ConfigError
 from onnxcfp.pyramid.features import clip_channels, pooled, traced
+from onnxcfp.pyramid.options import TUBES, check_choice
 from onnxcfp.pyramid.types import Level, Pyramid, SaliencyTube
 from onnxcfp.trace import Trace
 from onnxcfp.volume import normalise01, resize_volume
-
-TUBE_KINDS = ("relevance", "sum", "gradcam")
 
 
 def _finest(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -26,23 +24,44 @@ def combine_parts(parts: list[np.ndarray], rectify: bool) -> np.ndarray:
     return np.maximum(acc, 0.0) if rectify else acc
 
 
-def _view(pyramid: Pyramid, trace: Trace, tensor: str, gradient: bool = False) -> np.ndarray:
+def tensor_view(pyramid: Pyramid, trace: Trace, tensor: str, gradient: bool = False) -> np.ndarray:
+    """The pyramid's clip in a traced tensor (or its gradient), channels first: ``[C, T, H, W]``."""
     axis = int(pyramid.channel_axes.get(tensor, 1))
     return clip_channels(traced(trace, tensor, gradient), pyramid.clip, int(trace.logits.shape[0]), axis)
+
+
+def level_tube_of_parts(
+    level: Level, parts: list[np.ndarray], what: str, used: int, total: int, rectify: bool
+) -> SaliencyTube:
+    """A level's tube from one map per tensor of the level (``used`` of the ``total`` channels of those
+    tensors): added on the finest grid, ReLU'd when ``rectify`` (Grad-CAM), scaled to [0, 1]."""
+    volume = normalise01(combine_parts(parts, rectify))
+    shape = "x".join(map(str, volume.shape))
+    return SaliencyTube(
+        label=f"level {level.level} {what} ({used}/{total} channels, {shape})",
+        level=level.level,
+        volume=volume,
+        tensors=level.tensors,
+        node=None,
+        parts=tuple(p.astype(np.float32) for p in parts) if len(parts) > 1 else (),
+        rectify=rectify,
+        num_channels=used,
+        tensor_channels=total,
+    )
 
 
 def _level_part(
     pyramid: Pyramid, level: Level, tensor: str, trace: Trace, kind: str
 ) -> tuple[np.ndarray, int, int]:
     """(unnormalised map of one tensor's scored channels, channels used, channels in the tensor)."""
-    x = _view(pyramid, trace, tensor)
+    x = tensor_view(pyramid, trace, tensor)
     channels, weights = level.channels_of(tensor)
     if kind == "relevance":
         coef = weights
     elif kind == "sum":
         coef = np.ones(channels.size)
     else:
-        grad = _view(pyramid, trace, tensor, gradient=True)
+        grad = tensor_view(pyramid, trace, tensor, gradient=True)
         coef = pooled(grad)[channels]
     # one tensordot over the kept channels: Σ_j coef_j · X[j]
     part = np.tensordot(coef.astype(np.float64), x[channels].astype(np.float64), axes=(0, 0))
@@ -55,8 +74,7 @@ def level_tubes(pyramid: Pyramid, trace: Trace, kind: str | None = None) -> list
     Each level's channels are read in the tensor where they were scored; a level spread over several
     tensors adds their maps (``SaliencyTube.to_clip`` re-does that addition at the clip's size)."""
     kind = kind or str(pyramid.params.get("tube", "relevance"))
-    if kind not in TUBE_KINDS:
-        raise ConfigError(f"tube kind {kind!r} is not one of {', '.join(TUBE_KINDS)}")
+    check_choice("tube", kind, TUBES)
     tubes = []
     for level in pyramid.levels:
         if not level.tensors:
@@ -66,22 +84,7 @@ def level_tubes(pyramid: Pyramid, trace: Trace, kind: str | None = None) -> list
             part, n, c = _level_part(pyramid, level, tensor, trace, kind)
             parts.append(part)
             used, total = used + n, total + c
-        rectify = kind == "gradcam"
-        volume = normalise01(combine_parts(parts, rectify))
-        shape = "x".join(map(str, volume.shape))
-        tubes.append(
-            SaliencyTube(
-                label=f"level {level.level} {kind} ({used}/{total} channels, {shape})",
-                level=level.level,
-                volume=volume,
-                tensors=level.tensors,
-                node=None,
-                parts=tuple(p.astype(np.float32) for p in parts) if len(parts) > 1 else (),
-                rectify=rectify,
-                num_channels=used,
-                tensor_channels=total,
-            )
-        )
+        tubes.append(level_tube_of_parts(level, parts, kind, used, total, rectify=kind == "gradcam"))
     return tubes
 
 
@@ -91,7 +94,7 @@ def kernel_tube(
     """The map of one kept kernel: its channel in the tensor where it was scored (the first level it
     appears in unless ``level`` is given)."""
     node = pyramid.node(layer, channel, level)
-    parts = [_view(pyramid, trace, t)[j].astype(np.float64) for t, j in node.at]
+    parts = [tensor_view(pyramid, trace, t)[j].astype(np.float64) for t, j in node.at]
     volume = normalise01(combine_parts(parts, rectify=False))
     return SaliencyTube(
         label=f"{node.id} level {node.level}",

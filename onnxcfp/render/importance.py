@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from onnxcfp.render.writers import csv_text, write_text
+from onnxcfp.render.writers import csv_text
 
 # Distinct line colours (Okabe-Ito, readable by colour-blind viewers).
 PALETTE = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0))
@@ -50,10 +49,3 @@ def importance_csv_text(curves: Mapping[str, np.ndarray], source_frames: Sequenc
     src = list(source_frames) if source_frames is not None else list(range(n))
     rows = [[t, int(src[t])] + [f"{float(curves[lab][t]):.6g}" for lab in labels] for t in range(n)]
     return csv_text(["frame", "source_frame", *labels], rows)
-
-
-def write_importance_csv(
-    path: str | Path, curves: Mapping[str, np.ndarray], source_frames: Sequence[int] | None = None
-) -> Path:
-    """``importance_csv_text`` written atomically to ``path``."""
-    return write_text(path, importance_csv_text(curves, source_frames))

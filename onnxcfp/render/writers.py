@@ -27,10 +27,26 @@ from typing import Any
 
 import numpy as np
 
+from onnxcfp.errors import ConfigError
+
 
 def _temporary_name(final: Path) -> Path:
     """A hidden name beside ``final`` with the same suffix (so encoders guess the format)."""
     return final.with_name(f".{final.stem}.tmp-{secrets.token_hex(4)}{final.suffix}")
+
+
+def _prepare_target(final: Path) -> None:
+    """Create ``final``'s folder. A file where a folder must go (or a folder where the file must go) is a
+    mistake in the user's output path: say so in one line rather than let an OSError escape."""
+    if final.is_dir():
+        raise ConfigError(f"cannot write {final}: it is a folder; give a file path for this output")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocker = next((p for p in (final.parent, *final.parent.parents) if p.is_file()), final.parent)
+        raise ConfigError(
+            f"cannot write {final}: {blocker} is a file, not a folder; choose another output"
+        ) from err
 
 
 def _fsync(path: Path) -> None:
@@ -43,7 +59,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, on any error delete it
     and re-raise."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_target(final)
     tmp = _temporary_name(final)
     try:
         yield tmp
@@ -67,7 +83,7 @@ class AtomicBatch:
     def temp_path(self, path: str | Path) -> Path:
         """A temporary path to write ``path``'s content to; renamed to ``path`` by ``commit()``."""
         final = Path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_target(final)
         tmp = _temporary_name(final)
         self._pending.append((tmp, final))
         return tmp
