@@ -18,7 +18,12 @@ from typer.testing import CliRunner
 from onnxcfp.batch import MANIFEST, discover_clips, verify_clip_folder
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "r3d_basic_legacy.onnx"
-RUN_CLI = "import sys; from onnxcfp.cli import app; sys.argv[0] = 'onnxcfp'; app()"
+# The child must react to Ctrl-C even when the test runner was started where SIGINT is ignored (a shell's
+# background job): Python only installs its KeyboardInterrupt handler when SIGINT is at its default.
+RUN_CLI = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from onnxcfp.cli import app; sys.argv[0] = 'onnxcfp'; app()"
+)
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="model zoo not built")
 
 

@@ -175,7 +175,8 @@ def test_dead_worker_loses_only_its_clip_which_is_retried(tmp_path: Path) -> Non
 
 _INTERRUPTIBLE = textwrap.dedent(
     """
-    import sys
+    import signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     sys.path.insert(0, {tests!r})
     from test_batch_support import FakePipeline
     from onnxcfp.batch import batch_explain
