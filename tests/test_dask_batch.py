@@ -154,12 +154,24 @@ def test_ctrl_c_cancels_outstanding_futures_and_keeps_finished_clips(client, tmp
     _clips(tmp_path / "in", n)
     out = tmp_path / "out"
     pipe = FakePipeline(tag="ctrl-c", sleep=0.3)
-    timer = threading.Timer(0.9, _thread.interrupt_main)  # Ctrl-C, as the main thread receives it
-    timer.start()
+
+    def ctrl_c_once_a_clip_landed() -> None:  # Ctrl-C as the main thread receives it, mid-batch
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if out.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in out.iterdir()):
+                break
+            time.sleep(0.01)
+        _thread.interrupt_main()
+
+    interrupter = threading.Thread(target=ctrl_c_once_a_clip_landed)
+    interrupter.start()
     with pytest.raises(KeyboardInterrupt):
         batch_explain(pipe, tmp_path / "in", out, client=client, progress=False)
-    timer.join()
-    time.sleep(0.5)  # tasks already running when cancelled finish (Dask does not kill them): let them land
+    interrupter.join()
+    # Tasks already running when cancelled finish (Dask does not kill them): wait for them to land.
+    deadline = time.monotonic() + 30
+    while [t for t in client.processing().values() if t] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [t for t in client.processing().values() if t]  # nothing left queued or running
     folders = {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")}
     assert 1 <= len(folders) < n
