@@ -11,11 +11,11 @@ The Indices rule is reached by making onnxcfp.gradients.rules.pool.separable_arg
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from _timing import run_times
 from onnx import TensorProto, helper
 
 import onnxcfp.gradients.rules.pool as pool
@@ -44,14 +44,7 @@ def pool_model(shape: list[int], attrs: dict) -> onnx.ModelProto:
 
 
 def min_ms(sess: ort.InferenceSession, feeds: dict, names: list[str], rounds: int) -> float:
-    for _ in range(3):
-        sess.run(names, feeds)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        sess.run(names, feeds)
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+    return min(run_times(lambda: sess.run(names, feeds), rounds, warmup=3)) * 1e3
 
 
 def main() -> None:
