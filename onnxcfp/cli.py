@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -21,7 +22,7 @@ from onnxcfp.graph import ModelGraph, load_graph
 from onnxcfp.regress import Tolerances
 from onnxcfp.regress import regress as run_regress
 from onnxcfp.render import FORMATS
-from onnxcfp.render.writers import write_json, write_mp4
+from onnxcfp.render.writers import atomic_path, write_json, write_mp4
 from onnxcfp.zoo import find_model, list_models, load_card
 
 app = typer.Typer(
@@ -338,10 +339,14 @@ def demo(
         card = load_card(path)
         shape = dict(zip(card.input.layout, card.input.shape, strict=True))
         data = make_clips(1, seed, frames=int(shape["T"]), size=int(shape["H"]))
-        options = ExplainOptions(method=method, depth=depth, theta=theta)
-        result = Explainer(path, options).explain(data.frames[0])
-        result.save(out)
+        # The clip is kept beside its explanation: losslessly (what is explained) and as a video to watch.
+        clip_file = out / "clip.npy"
+        with atomic_path(clip_file) as tmp, tmp.open("wb") as f:
+            np.save(f, data.frames[0])
         write_mp4(out / "clip.mp4", data.frames[0], fps=8.0)
+        options = ExplainOptions(method=method, depth=depth, theta=theta)
+        result = Explainer(path, options).explain(clip_file)
+        result.save(out)
     except OnnxcfpError as err:
         raise fail(err) from None
     truth = data.class_names[int(data.labels[0])]
