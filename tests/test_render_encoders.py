@@ -10,7 +10,7 @@ import io
 import numpy as np
 import pytest
 
-from onnxcfp.render.tube_stack import StackGeometry, tube_stack
+from onnxcfp.render.tube_stack import MIN_FRAME_SIDE, StackGeometry, tube_stack
 from onnxcfp.render.writers import AtomicBatch, GifPalette, PendingMp4s, encode_gif, encode_png
 from onnxcfp.volume import linear_resize_matrix, resize_volume
 
@@ -125,23 +125,25 @@ def test_atomic_batch_is_all_or_nothing(tmp_path):
     assert not list(tmp_path.rglob(".*tmp-*"))
 
 
-def _naive_stack(frames: np.ndarray, current: int, ghost_alpha: float = 0.35) -> np.ndarray:
+def _naive_stack(
+    frames: np.ndarray, current: int, geo: StackGeometry, ghost_alpha: float = 0.35
+) -> np.ndarray:
     """The stack composed on the whole canvas for every frame (no boxes): the plain definition."""
     from PIL import Image, ImageDraw
 
     t_count, h, w = frames.shape[:3]
-    geo = StackGeometry(t_count, h, w)
     ch, cw = geo.canvas_size
     canvas = np.full((ch, cw, 3), 255.0, np.float32)
-    a, s = geo.squeeze, geo.shear
+    a, s, z = geo.squeeze, geo.shear, geo.zoom
     for t in [*(t for t in range(t_count - 1, -1, -1) if t != current), current]:
         ox, oy = geo.origin(t)
         rgba = np.dstack([frames[t], np.full((h, w), 255, np.uint8)])
+        # Inverse of X = ox + a z x, Y = oy + z (y - s x) over the whole canvas.
         warped = np.asarray(
             Image.fromarray(rgba, "RGBA").transform(
                 (cw, ch),
                 Image.Transform.AFFINE,
-                (1.0 / a, 0.0, -ox / a, s / a, 1.0, -oy - s * ox / a),
+                (1.0 / (a * z), 0.0, -ox / (a * z), s / (a * z), 1.0 / z, -oy / z - s * ox / (a * z)),
                 resample=Image.Resampling.BILINEAR,
                 fillcolor=(0, 0, 0, 0),
             )
@@ -157,12 +159,39 @@ def _naive_stack(frames: np.ndarray, current: int, ghost_alpha: float = 0.35) ->
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize(("t", "h", "w", "current"), [(6, 30, 40, 2), (3, 9, 13, 0), (8, 24, 20, 7)])
-def test_boxed_tube_stack_matches_full_canvas_composition(t, h, w, current):
+@pytest.mark.parametrize(
+    ("t", "h", "w", "current", "zoom"),
+    [(6, 30, 40, 2, 1.0), (3, 9, 13, 0, 1.0), (8, 24, 20, 7, 1.0), (4, 9, 13, 1, 2.5), (5, 16, 12, 4, 3.0)],
+)
+def test_boxed_tube_stack_matches_full_canvas_composition(t, h, w, current, zoom):
     frames = np.random.default_rng(t).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
-    fast, naive = tube_stack(frames, current), _naive_stack(frames, current)
+    geo = StackGeometry(t, h, w, zoom=zoom)
+    fast, naive = tube_stack(frames, current, geometry=geo), _naive_stack(frames, current, geo)
     assert fast.shape == naive.shape
     assert np.abs(fast.astype(int) - naive).max() <= 1  # float rounding of the shifted coordinates
+
+
+def test_small_frames_are_stacked_at_a_readable_size_with_pixels_where_projected():
+    """A 64x48 clip's stack draws each frame with its longer side >= MIN_FRAME_SIDE px; a lone bright
+    pixel of the opaque frame lands where the documented map X = ox + a z x, Y = oy + z (y - s x) sends
+    its centre (checked by hand-written arithmetic, not by the geometry class)."""
+    t_count, h, w, current, (py, px) = 6, 48, 64, 3, (10, 40)
+    frames = np.zeros((t_count, h, w, 3), np.uint8)
+    frames[current, py, px] = 255
+    img = tube_stack(frames, current, background=(0, 0, 0))
+    z = MIN_FRAME_SIDE / 64
+    a, s, margin = 0.6, 0.3, 4
+    ox = margin + current * a * z * w * 0.35
+    oy = margin + s * z * w + (t_count - 1 - current) * 0.05 * z * h
+    x_c, y_c = ox + a * z * (px + 0.5), oy + z * (py + 0.5 - s * (px + 0.5))
+    bright = np.argwhere(img.min(axis=-1) > 150)  # the white pixel, bilinearly spread; outlines are grey
+    assert len(bright)
+    cy, cx = bright.mean(axis=0) + 0.5
+    assert abs(cx - x_c) <= 1.0 and abs(cy - y_c) <= 1.0
+    # Canvas: the squeezed frames' spread plus margins, at the zoomed size.
+    assert img.shape[1] == int(np.ceil(a * z * w * (1 + 0.35 * (t_count - 1)) + 2 * margin))
+    # A large clip is left at its size (zoom 1), never shrunk.
+    assert StackGeometry.fit(2, 300, 200).zoom == 1.0 and StackGeometry.fit(2, 40, 80).zoom == 2.0
 
 
 def test_resize_volume_matches_the_interpolation_matrices():

@@ -163,3 +163,46 @@ def test_gif_frames_are_not_dropped_or_reordered(tmp_path):
     )  # fmt: skip
     with Image.open(io.BytesIO((tmp_path / "level1.gif").read_bytes())) as gif:
         assert gif.n_frames == 5 and gif.info["duration"] == 200
+
+
+def test_display_size_scales_small_images_up_by_whole_factors():
+    assert render.display_size(64, 64, 240) == (256, 256)  # x4: 3 would give 192
+    assert render.display_size(60, 80, 240) == (180, 240)  # exactly reached: x3
+    assert render.display_size(112, 100, 240) == (336, 300)
+    assert render.display_size(300, 500, 240) == (300, 500)  # already large: never shrunk
+
+
+def test_report_shows_small_clips_and_tubes_at_a_readable_size(tmp_path):
+    """Each report image gets a display size that is its own decoded size times the smallest whole
+    factor reaching the 240 px long side; a clip above report_max_side is still embedded at that bound."""
+    frames = _frames(t=6, h=120, w=200)
+    opts = RenderOptions(formats=frozenset({"report", "stack"}), report_max_side=100, kernel_max_side=20)
+    pred = Prediction.from_logits(np.array([0.0, 1.0]))
+    render_explanation(tmp_path, frames, _tubes(), _pyramid(), pred, options=opts)
+    data = _report_data(tmp_path / "report.html")
+    clip = _decode_gif(data["clip"]["gif"])
+    assert clip.shape[1:3] == (60, 100)  # bytes bounded by report_max_side as before
+    assert data["clip"]["display"] == [180, 300]  # 100 * 3 >= 240 > 100 * 2
+    for layer in data["layers"]:
+        assert _decode_gif(layer["gif"]).shape[1:3] == (60, 100) and layer["display"] == [180, 300]
+    for uri in data["kernels"].values():
+        assert _decode_gif(uri).shape[1:3] == (12, 20)
+    assert data["kernel_display"] == [144, 240]  # 20 * 12
+    # The report's stack picture is the file's, drawn from frames zoomed to a 160 px long side or more
+    # (these 200 px frames are drawn as they are).
+    stack = base64.b64decode(data["layers"][0]["stack"].split(",", 1)[1])
+    assert stack == (tmp_path / "stack_level1.png").read_bytes()
+
+
+def test_small_clip_stack_frames_are_drawn_at_least_160_px(tmp_path):
+    from PIL import Image
+
+    frames = _frames(t=6, h=24, w=32)
+    opts = RenderOptions(formats=frozenset({"stack"}))
+    pred = Prediction.from_logits(np.array([1.0]))
+    render_explanation(tmp_path, frames, _tubes()[:1], None, pred, options=opts)
+    with Image.open(tmp_path / "stack_level1.png") as im:
+        width, height = im.size
+    # Zoom 160 / 32 = 5: each frame 0.6 * 160 = 96 px wide (foreshortened), 120 px tall plus the shear.
+    assert width == int(np.ceil(0.6 * 160 * (1 + 0.35 * 5) + 8))
+    assert height == int(np.ceil(120 + 0.3 * 160 + 5 * 0.05 * 120 + 8))

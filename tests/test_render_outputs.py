@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onnxcfp.render import LayerTube, Prediction, RenderOptions, render_explanation, tube_stack
-from onnxcfp.render.pyramid_figure import pyramid_figure
+from onnxcfp.render.pyramid_figure import kernel_count_text, pyramid_figure
 from onnxcfp.render.tube_stack import StackGeometry
 from onnxcfp.render.writers import atomic_path, write_gif, write_mp4, write_png_frames, write_text
 
@@ -55,10 +55,10 @@ def test_tube_stack_current_frame_is_opaque_and_whole():
     for t in range(6):
         frames[t] = (40 * t, 120, 200 - 30 * t)
     img = tube_stack(frames, current=2)
-    geo = StackGeometry(6, 30, 40)
-    assert img.shape[:2] == geo.canvas_size
+    geo = StackGeometry.fit(6, 30, 40)
+    assert geo.zoom == 4.0 and img.shape[:2] == geo.canvas_size  # 40 px frames drawn 160 px wide
     exact = np.all(img == frames[2, 0, 0], axis=-1).sum()
-    area = geo.squeeze * 40 * 30  # the sheared frame is a parallelogram of this area
+    area = geo.squeeze * geo.zoom**2 * 40 * 30  # the sheared, zoomed frame is a parallelogram of this area
     assert 0.9 * area <= exact <= 1.02 * area
     # Other frames are translucent: their colour never appears unblended over a large area.
     assert np.all(img == frames[4, 0, 0], axis=-1).sum() < 0.05 * area
@@ -108,6 +108,29 @@ def _toy_pyramid():
             },
         ],
     }
+
+
+def test_pyramid_figure_captions_count_kernels_in_the_right_number():
+    """Level 2 of the toy pyramid has one kernel: its caption reads "1 kernel" (compared with the text
+    drawn on its own), not "1 kernels"."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from onnxcfp.render.pyramid_figure import CELL_H, GAP_Y, HEADER_W
+
+    assert [kernel_count_text(1), kernel_count_text(2), kernel_count_text(5, 3)] == [
+        "1 kernel", "2 kernels", "5 kernels (+3 not shown)",
+    ]  # fmt: skip
+    img, _ = pyramid_figure(_toy_pyramid())
+    top = 10 + 1 * (CELL_H + GAP_Y) + 32  # the third header line of the second row
+
+    def caption(text: str) -> np.ndarray:
+        canvas = Image.new("RGB", (HEADER_W - 10, 14), (255, 255, 255))
+        ImageDraw.Draw(canvas).text((0, 0), text, fill=(60, 60, 60), font=ImageFont.load_default())
+        return np.asarray(canvas)
+
+    drawn = img[top : top + 14, 6 : HEADER_W - 4]
+    np.testing.assert_array_equal(drawn, caption("1 kernel"))
+    assert not np.array_equal(drawn, caption("1 kernels"))
 
 
 def test_pyramid_figure_cells_and_edges():

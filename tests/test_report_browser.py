@@ -129,6 +129,10 @@ def test_report_click_shows_kernel_tube_without_errors_or_network(report):
     assert result["parents_listed"] == result["parents_expected"] == 2 == result["parents_highlighted"]
     assert result["resources"] == []  # nothing fetched: every asset is a data: URI
     assert result["errors"] == [] and _console_lines(stderr) == []  # the injected names never ran
+    # The 32x32 clip, its level tubes and the kernel tube are laid out 8x larger (longer side >= 240).
+    sizes = result["shown_sizes"]
+    assert sizes["clip"] == sizes["detail"] == [256, 256]
+    assert sizes["layers"] == [[256, 256], [256, 256]]
 
 
 def test_selftest_catches_a_console_error(report, tmp_path):

@@ -42,6 +42,7 @@ __all__ = [
     "apply_colormap",
     "blend",
     "colormap_lut",
+    "display_size",
     "kernel_file_stems",
     "level_file_stems",
     "overlay_tube",
@@ -137,7 +138,9 @@ class RenderOptions:
     ``report_max_side`` bounds the report's inline GIFs of the clip and the level tubes (pixels),
     ``kernel_max_side`` the report's small GIFs of the kernel tubes (an explanation may have a hundred
     kernels: drawing them small keeps the report light and its rendering fast); ``max_nodes`` bounds
-    kernels drawn per level in the overview and the report graph."""
+    kernels drawn per level in the overview and the report graph. ``report_display_side``: the report
+    shows every clip and tube image with its longer side at least this many CSS pixels, scaling small
+    ones up by a whole factor with pixelated rendering (``display_size``): readable, and no bytes more."""
 
     formats: frozenset[str] = DEFAULT_FORMATS
     colormap: str = "viridis"
@@ -147,6 +150,7 @@ class RenderOptions:
     report_max_side: int = 160
     kernel_max_side: int = 80
     max_nodes: int = 48
+    report_display_side: int = 240
 
     def __post_init__(self) -> None:
         unknown = set(self.formats) - FORMATS
@@ -156,10 +160,11 @@ class RenderOptions:
             )
         if self.colormap not in COLORMAPS:
             raise ConfigError(f"colour map {self.colormap!r} is unknown: use one of {', '.join(COLORMAPS)}")
-        sides = min(self.report_max_side, self.kernel_max_side)
+        sides = min(self.report_max_side, self.kernel_max_side, self.report_display_side)
         if self.fps <= 0 or not 0 <= self.alpha <= 1 or self.max_nodes < 1 or sides < 8:
             raise ConfigError(
-                "fps must be > 0, alpha in [0, 1], max_nodes >= 1, report_max_side and kernel_max_side >= 8"
+                "fps must be > 0, alpha in [0, 1], max_nodes >= 1, and report_max_side, kernel_max_side "
+                "and report_display_side >= 8"
             )
 
 
@@ -207,6 +212,15 @@ def kernel_file_stems(nodes: Sequence[tuple[str, int]]) -> dict[tuple[str, int],
             digest = hashlib.sha1(layer.encode("utf-8")).hexdigest()[:8]
             layer_stem[layer] = stem if len(names) == 1 else f"{stem}-{digest}"
     return {(layer, ch): f"{layer_stem[str(layer)]}_c{slug(str(ch))}" for layer, ch in nodes}
+
+
+def display_size(height: int, width: int, min_side: int) -> tuple[int, int]:
+    """(height, width) in CSS pixels at which the report shows an image of ``height`` x ``width``: scaled
+    up by the smallest whole factor that makes its longer side at least ``min_side`` (whole factors keep
+    pixelated upscaling even: every source pixel becomes the same k x k block); as it is when already
+    that large."""
+    factor = max(1, -(-min_side // max(height, width)))
+    return height * factor, width * factor
 
 
 def _fit(frames: np.ndarray, max_side: int) -> np.ndarray:
@@ -379,6 +393,7 @@ def _report_page(
     for tube, stem, (overlaid, _) in zip(level_tubes, level_stems, overlays, strict=True):
         small = _fit(overlaid, opts.report_max_side)
         gif = file_gifs.get(stem) if small is overlaid else None
+        shown = display_size(*small.shape[1:3], opts.report_display_side)
         level_index.setdefault(str(tube.level), len(layer_entries))
         layer_entries.append(
             {
@@ -387,6 +402,7 @@ def _report_page(
                 "tensors": [str(t) for t in tube.tensors],
                 "shape": [int(s) for s in np.shape(tube.volume)],
                 "gif": data_uri(gif or encode_gif(small, opts.fps, palette), "image/gif"),
+                "display": list(shown),
                 "stack": data_uri(stacks[stem], "image/png") if stem in stacks else None,
             }
         )
@@ -403,6 +419,7 @@ def _report_page(
         kernel_gifs[nid] = data_uri(gif, "image/gif")
     title = f"onnxcfp explanation: {prediction.name or f'class {prediction.index}'}"
     indices = source_frames if source_frames is not None else range(frames.shape[0])
+    clip_frames = _fit(frames, opts.report_max_side)
     data = {
         "title": title,
         "model": model_source,
@@ -411,7 +428,8 @@ def _report_page(
             "frames": int(frames.shape[0]),
             "size": list(frames.shape[1:3]),
             "indices": [int(i) for i in indices],
-            "gif": data_uri(encode_gif(_fit(frames, opts.report_max_side), opts.fps, palette), "image/gif"),
+            "gif": data_uri(encode_gif(clip_frames, opts.fps, palette), "image/gif"),
+            "display": list(display_size(*clip_frames.shape[1:3], opts.report_display_side)),
         },
         "prediction": prediction.to_json(),
         "layers": layer_entries,
@@ -419,5 +437,6 @@ def _report_page(
         "importance": data_uri(importance_png, "image/png") if importance_png else None,
         "pyramid": trimmed,
         "kernels": kernel_gifs,
+        "kernel_display": list(display_size(*kernel_frames.shape[1:3], opts.report_display_side)),
     }
     return report_html(title, data)

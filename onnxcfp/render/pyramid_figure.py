@@ -51,6 +51,13 @@ def layout_pyramid(pyramid: Mapping[str, Any], max_columns: int = 16) -> Pyramid
     return PyramidLayout((height, width), boxes, hidden)
 
 
+def kernel_count_text(count: int, hidden: int = 0) -> str:
+    """A level's caption: its ``count`` kernels ("1 kernel", "4 kernels"), and how many of them the
+    figure leaves out ("20 kernels (+4 not shown)")."""
+    text = f"{count} kernel" + ("" if count == 1 else "s")
+    return text + (f" (+{hidden} not shown)" if hidden else "")
+
+
 def _strip(volume: np.ndarray, colormap: str) -> np.ndarray:
     vol = normalise01(np.asarray(volume, np.float32))
     picks = np.unique(np.linspace(0, vol.shape[0] - 1, STRIP_FRAMES).round().astype(int))
@@ -97,7 +104,7 @@ def pyramid_figure(
         more = lay.hidden.get(num, 0)
         draw.text(
             (6, top + 32),
-            f"{n} kernels" + (f" (+{more} not shown)" if more else ""),
+            kernel_count_text(n, more),
             fill=(60, 60, 60),
             font=font,
         )
