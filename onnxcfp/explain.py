@@ -76,21 +76,25 @@ class ExplainOptions:
     def __post_init__(self) -> None:
         # Every value is checked here, by the stage that owns it, so a bad option fails before a model is
         # loaded or a batch starts (not once per clip).
-        check_pyramid_options(
-            depth=self.depth,
-            method=self.method,
-            residual=self.residual,
-            tube=self.tube,
-            normalise=self.normalise,
-            theta=self.theta,
-            top_n=self.top_n,
-        )
+        check_pyramid_options(**self.pyramid_params())
         if self.score not in CLASS_SCORES:
             raise ConfigError(f"score={self.score!r} is not one of {', '.join(map(repr, CLASS_SCORES))}")
         if self.fill not in FILL_MODES:
             raise ConfigError(f"fill={self.fill!r} is not one of {', '.join(map(repr, FILL_MODES))}")
         self.runtime_config()
         self.render_options()
+
+    def pyramid_params(self) -> dict[str, Any]:
+        """The options the pyramid stage takes, as keyword arguments of ``build_pyramid``."""
+        return {
+            "theta": self.theta,
+            "depth": self.depth,
+            "method": self.method,
+            "residual": self.residual,
+            "top_n": self.top_n,
+            "normalise": self.normalise,
+            "tube": self.tube,
+        }
 
     def runtime_config(self) -> RuntimeConfig:
         """The session settings these options ask for (validates ``device`` and ``threads``)."""
@@ -211,16 +215,17 @@ class Explainer:
         self.class_names: tuple[str, ...] | None = tuple(names) if names else None
         self.resolve_label(self.options.label)  # a bad label fails here, not once per clip of a batch
         self.notices: tuple[str, ...] = ()
-        if self.options.method == "gradients":
-            problems = self._gradient_problems()
+        opts = self.options
+        self.request = pyramid_tensors(self.graph, opts.depth, opts.method, opts.residual)
+        if opts.method == "gradients":
+            assert self.graph.head is not None  # explainable
+            problems = check_differentiable(self.graph.model, self.graph.head.logits, self.request.gradients)
             if problems:
                 notice = f"gradients cannot be built for this model ({problems[0]}); using method='weights'"
                 log.warning(notice)
                 self.notices = (notice,)
-                self.options = replace(self.options, method="weights")
-        self.request = pyramid_tensors(
-            self.graph, self.options.depth, self.options.method, self.options.residual
-        )
+                self.options = replace(opts, method="weights")
+                self.request = pyramid_tensors(self.graph, opts.depth, "weights", opts.residual)
         self.config = self.options.runtime_config()
 
     def _preprocessing_from_graph(self) -> Preprocessing:
@@ -233,12 +238,6 @@ class Explainer:
             frames=frames if isinstance(frames, int) else None,
             layout=vin.layout,
         )
-
-    def _gradient_problems(self) -> list[str]:
-        head = self.graph.head
-        assert head is not None  # explainable
-        wrt = pyramid_tensors(self.graph, self.options.depth, "gradients", self.options.residual).gradients
-        return check_differentiable(self.graph.model, head.logits, wrt)
 
     def resolve_label(self, label: int | str | None) -> int | None:
         """A class index from an index, a card class name, "top1" or None (None = each clip's top-1)."""
@@ -284,17 +283,7 @@ class Explainer:
             config=self.config,
         )
         pyramid = build_pyramid(
-            self.graph,
-            trace,
-            label=target,
-            theta=opts.theta,
-            depth=opts.depth,
-            method=opts.method,
-            residual=opts.residual,
-            top_n=opts.top_n,
-            normalise=opts.normalise,
-            tube=opts.tube,
-            class_names=self.class_names,
+            self.graph, trace, label=target, class_names=self.class_names, **opts.pyramid_params()
         )
         tubes = level_tubes(pyramid, trace, opts.tube)
         if opts.kernel_tubes:

@@ -79,8 +79,8 @@ def test_explain_bad_inputs_one_line_exit_2(tmp_path: Path) -> None:
     cases = [
         (["explain", str(MODEL), str(tmp_path / "missing.mp4")], "does not exist"),
         (["explain", str(MODEL), str(short)], "--loop"),
-        (["explain", str(MODEL), str(junk)], ""),
-        (["explain", str(tmp_path / "nope.onnx"), str(short)], ""),
+        (["explain", str(MODEL), str(junk)], "cannot read"),
+        (["explain", str(tmp_path / "nope.onnx"), str(short)], "not found"),
         (["explain", str(MODEL), str(good), "--theta", "1.5"], "theta"),
         (["explain", str(MODEL), str(good), "--formats", "mp4,tiff"], "tiff"),
     ]

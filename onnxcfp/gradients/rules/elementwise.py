@@ -9,7 +9,7 @@ from onnxcfp.gradients.context import FLOAT_TYPES, GradContext
 from onnxcfp.gradients.rules.registry import Grads, rule
 
 
-@rule("Add")
+@rule("Add", "Sum")  # Sum is a variadic Add
 def add(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
     gy, y = gys[0], node.output[0]
     assert gy is not None
@@ -66,13 +66,6 @@ def pow_(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool]) -
         y_b = y if ctx.dtype(b) == ctx.dtype(y) else ctx.op("Cast", y, to=ctx.dtype(b))
         out[1] = ctx.unbroadcast(ctx.op("Mul", gy_b, ctx.op("Mul", y_b, ctx.op("Log", a_f))), y, b)
     return out
-
-
-@rule("Sum")
-def sum_(ctx: GradContext, node: onnx.NodeProto, gys: Grads, need: list[bool]) -> Grads:
-    gy, y = gys[0], node.output[0]
-    assert gy is not None
-    return [ctx.unbroadcast(gy, y, x) if n else None for x, n in zip(node.input, need, strict=True)]
 
 
 @rule("Mean")
